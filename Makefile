@@ -1,0 +1,33 @@
+# dmlcli developer targets. Every target installs into $(VENV) first, so each works on a fresh clone.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[mpi,test]'
+	touch $(STAMP)
+
+# ssgd on builtin breast_cancer, 4 workers; dmlcli starts MPI itself (no mpirun).
+demo: install
+	$(BIN)/dmlcli train ssgd --data breast_cancer --workers 4 --batch-size all --lr 1 --rounds 200 --out runs/demo/
+
+test: install
+	$(BIN)/python -m pytest -q
+
+# Per-round time of dmlcli vs a bare mpi4py loop doing the same arithmetic; writes runs/bench.md.
+bench: install
+	$(BIN)/python tests/bench/run_bench.py --out runs/bench.md
+
+lint: install
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/ruff check dmlcli tests
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

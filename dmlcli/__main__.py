@@ -1,0 +1,3 @@
+from dmlcli.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""What an algorithm is: a spec (name, family, hyper-parameters) and a factory of pure functions.
+
+The runtime owns the loop and the messages; an algorithm only says what each rank computes.
+- "sync" algorithms return `SyncAlgorithm`: every rank runs `local` (ranks without data
+  contribute zeros), the runtime sums the messages with Allreduce, every rank runs `combine`.
+- "async" algorithms return `AsyncAlgorithm`: workers run `worker_step` on the newest model
+  they received; the server (rank 0) runs `server_update` on each payload as it arrives,
+  knowing its staleness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+import click
+
+
+@dataclass(frozen=True)
+class Param:
+    """One algorithm hyper-parameter; the CLI option --NAME (underscores become dashes) is made from it."""
+
+    name: str
+    type: Any  # a click type or a Python type click understands
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The shared settings an algorithm factory may read, resolved from CLI, recipe and defaults."""
+
+    lr: float
+    batch_size: int | None  # None: the whole shard
+    workers: int
+    seed: int
+
+
+class SyncAlgorithm(NamedTuple):
+    init: Callable  # (w0) -> state
+    local: Callable  # (state, shard) -> (message, state); message has message_size entries
+    combine: Callable  # (state, summed_message) -> state
+    model: Callable  # (state) -> the model w to evaluate
+    message_size: int
+
+
+class AsyncAlgorithm(NamedTuple):
+    server_init: Callable  # (w0) -> server state
+    worker_init: Callable  # (w0) -> worker state
+    worker_step: Callable  # (worker_state, model, shard) -> (payload, worker_state)
+    server_update: Callable  # (server_state, payload, staleness) -> (server_state, applied: bool)
+    model: Callable  # (server_state) -> the model sent to workers and evaluated
+    payload_size: int
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    name: str
+    family: str  # "sync" or "async"
+    summary: str
+    build: Callable  # (problem, settings, **params) -> SyncAlgorithm | AsyncAlgorithm
+    params: tuple[Param, ...] = field(default_factory=tuple)
+    extra_columns: tuple[str, ...] = ()
+
+    @property
+    def doc(self) -> str:
+        return self.build.__doc__ or self.summary
+
+
+NON_NEGATIVE_INT = click.IntRange(min=0)

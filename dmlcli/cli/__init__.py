@@ -1,0 +1,49 @@
+"""The `dmlcli` command: `train ALGO`, one subcommand per registered algorithm, and `list`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from dmlcli import __version__
+from dmlcli.errors import DmlcliError
+from dmlcli.cli.train import train
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="dmlcli")
+def cli():
+    """Run distributed machine-learning optimisation algorithms on MPI ranks and log them to CSV."""
+
+
+@cli.command("list")
+def list_algorithms():
+    """List the algorithms with a one-line summary."""
+    from dmlcli.algorithms import REGISTRY
+
+    width = max(len(name) for name in REGISTRY)
+    for name, spec in sorted(REGISTRY.items()):
+        click.echo(f"{name:<{width}}  {spec.family:<5}  {spec.summary}")
+
+
+cli.add_command(train)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: usage errors are one line and exit 2, never a traceback."""
+    try:
+        code = cli.main(args=argv, prog_name="dmlcli", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        code = done.exit_code
+    except click.exceptions.Abort:
+        click.echo("dmlcli: interrupted", err=True)
+        code = 130
+    except click.ClickException as error:
+        where = f"{error.ctx.command_path}: " if getattr(error, "ctx", None) else "dmlcli: "
+        click.echo(f"{where}error: {error.format_message()}", err=True)
+        code = error.exit_code
+    except DmlcliError as error:
+        click.echo(f"dmlcli: error: {error}", err=True)
+        code = error.exit_code
+    sys.exit(code or 0)

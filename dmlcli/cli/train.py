@@ -1,0 +1,87 @@
+"""`dmlcli train ALGO`: a subcommand per algorithm, its options made from the parameter specs."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from click.core import ParameterSource
+
+from dmlcli.algorithms import REGISTRY
+from dmlcli.recipe import convert, load_recipe, parse_set
+from dmlcli.runtime.config import SHARED_OPTIONS, make_config
+from dmlcli.errors import UsageError
+
+
+def option_for(param) -> click.Option:
+    """The click option of a shared option or algorithm parameter (defined once, in its Param)."""
+    flag = "--" + param.name.replace("_", "-")
+    if param.type is bool:
+        decls = [flag] if param.default is False else [f"{flag}/--no-{flag[2:]}"]
+        return click.Option([*decls, param.name], is_flag=True, default=param.default, help=param.help,
+                            show_default=param.default)
+    return click.Option([flag, param.name], type=param.type, default=param.default, help=param.help,
+                        show_default=param.default is not None)
+
+
+COMMON_OPTIONS = [
+    click.Option(["--recipe"], type=click.Path(dir_okay=False), help="TOML file of options (flags override it)"),
+    click.Option(["--set", "set_pairs"], multiple=True, metavar="KEY=VALUE",
+                 help="set any option or algorithm parameter by name (repeatable)"),
+]
+
+
+def resolve(ctx: click.Context, algorithm: str, values: dict):
+    """Defaults < recipe < --set < explicit flags; returns the RunConfig and which keys were given."""
+    spec = REGISTRY[algorithm]
+    known = {p.name: p for p in (*SHARED_OPTIONS, *spec.params)}
+    recipe_path, pairs = values.pop("recipe"), values.pop("set_pairs")
+    given: dict = {}
+    if recipe_path:
+        recipe = load_recipe(recipe_path)
+        named = recipe.pop("algorithm", algorithm)
+        if named != algorithm:
+            raise UsageError(f"recipe {recipe_path} is for {named!r}, not {algorithm!r}")
+        given.update(convert(recipe, known, f"recipe {recipe_path}"))
+    given.update(convert(parse_set(pairs), known, "--set"))
+    for name, value in values.items():
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            given[name] = value
+    params = {name: given.pop(name) for name in [p.name for p in spec.params] if name in given}
+    return make_config(algorithm, params, **given), given
+
+
+def make_train_command(spec) -> click.Command:
+    def callback(**values):
+        from dmlcli.runtime import launch
+
+        ctx = click.get_current_context()
+        config, given = resolve(ctx, spec.name, values)
+        if not launch.under_launcher():
+            sys.exit(launch.relaunch(sys.argv[1:], config.workers + 1, config.blas_threads))
+        if "workers" in given:
+            _check_workers(config.workers)
+        sys.exit(launch.rank_main(config))
+
+    params = [option_for(p) for p in (*SHARED_OPTIONS, *spec.params)] + COMMON_OPTIONS
+    return click.Command(spec.name, callback=callback, params=params, help=spec.doc, short_help=spec.summary,
+                         context_settings={"show_default": True})
+
+
+def _check_workers(workers: int) -> None:
+    """Under mpirun the rank count decides; an explicit --workers that disagrees is an error."""
+    import os
+
+    size = int(os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or workers + 1)
+    if size != workers + 1:
+        raise UsageError(f"--workers {workers} needs {workers + 1} ranks, but mpirun started {size}")
+
+
+@click.group(context_settings={"show_default": True})
+def train():
+    """Train with one algorithm: dmlcli train ALGO [OPTIONS]. Started alone it launches
+    --workers+1 MPI ranks itself; under mpirun -n P it uses the P ranks (rank 0 the server)."""
+
+
+for _spec in REGISTRY.values():
+    train.add_command(make_train_command(_spec))

@@ -1,0 +1,130 @@
+"""In-process transport: every rank is a thread, so tests run algorithms without mpiexec.
+
+Collectives meet at a barrier and reduce in rank order; messages go through per-destination
+mailboxes. An abort on any rank wakes every waiting rank with RankAborted, so a failing
+test ends instead of hanging.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import numpy as np
+
+from dmlcli.comm import RankAborted
+
+
+class LocalHub:
+    """State shared by the threads of one in-process run."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.barrier = threading.Barrier(size)
+        self.slots: list = [None] * size
+        self.mailboxes = [deque() for _ in range(size)]  # (source, tag, data) per destination
+        self.cond = threading.Condition()
+        self.aborted: tuple[int, int] | None = None
+
+    def transports(self) -> list["LocalTransport"]:
+        return [LocalTransport(self, rank) for rank in range(self.size)]
+
+
+class _Done:
+    """A send: the data were copied into the mailbox when it was posted."""
+
+    tag = -1
+
+    def test(self):
+        return True
+
+
+class _Receive:
+    def __init__(self, hub: LocalHub, rank: int, buf: np.ndarray, source: int, tag: int | None):
+        self.hub, self.rank, self.buf, self.source, self.want_tag = hub, rank, buf, source, tag
+        self.tag = None
+
+    def test(self) -> bool:
+        """Take the first matching message from the mailbox, if there is one (hub.cond held)."""
+        if self.tag is not None:
+            return True
+        box = self.hub.mailboxes[self.rank]
+        for i, (source, tag, data) in enumerate(box):
+            if source == self.source and (self.want_tag is None or tag == self.want_tag):
+                del box[i]
+                self.buf[: data.size] = data
+                self.tag = tag
+                return True
+        return False
+
+
+class LocalTransport:
+    def __init__(self, hub: LocalHub, rank: int):
+        self.hub, self.rank, self.size = hub, rank, hub.size
+
+    def _meet(self, value):
+        """Deposit a value, wait for every rank; return all deposits in rank order."""
+        hub = self.hub
+        hub.slots[self.rank] = value
+        self._barrier()
+        values = list(hub.slots)
+        self._barrier()  # nobody overwrites a slot before everyone has read it
+        return values
+
+    def _barrier(self):
+        try:
+            self.hub.barrier.wait()
+        except threading.BrokenBarrierError:
+            raise RankAborted(f"rank {self.hub.aborted[0]} aborted") from None
+
+    def allreduce(self, buf: np.ndarray) -> None:
+        total = np.sum(self._meet(buf.copy()), axis=0)
+        buf[...] = total
+
+    def bcast(self, buf: np.ndarray, root: int = 0) -> None:
+        buf[...] = self._meet(buf.copy())[root]
+
+    def bcast_object(self, obj=None, root: int = 0):
+        return self._meet(obj)[root]
+
+    def scatter_object(self, objs=None, root: int = 0):
+        return self._meet(objs)[root][self.rank]
+
+    def gather_object(self, obj, root: int = 0):
+        values = self._meet(obj)
+        return values if self.rank == root else None
+
+    def barrier(self) -> None:
+        self._barrier()
+
+    def isend(self, buf: np.ndarray, dest: int, tag: int):
+        with self.hub.cond:
+            self.hub.mailboxes[dest].append((self.rank, tag, buf.copy()))
+            self.hub.cond.notify_all()
+        return _Done()
+
+    def irecv(self, buf: np.ndarray, source: int, tag: int | None = None):
+        return _Receive(self.hub, self.rank, buf, source, tag)
+
+    def wait(self, request) -> int:
+        return self.waitany([request])[1]
+
+    def waitany(self, requests: list) -> tuple[int, int]:
+        with self.hub.cond:
+            while True:
+                if self.hub.aborted:
+                    raise RankAborted(f"rank {self.hub.aborted[0]} aborted")
+                for index, request in enumerate(requests):
+                    if request is not None and request.test():
+                        return index, request.tag
+                self.hub.cond.wait(timeout=0.05)
+
+    def abort(self, code: int) -> None:
+        with self.hub.cond:
+            self.hub.aborted = (self.rank, code)
+            self.hub.cond.notify_all()
+        self.hub.barrier.abort()
+        raise RankAborted(f"rank {self.rank} aborted")
+
+    def describe(self) -> dict:
+        return {"mpi_library": "in-process threads", "mpi_standard": None, "ranks": self.size, "hosts": ["localhost"]}

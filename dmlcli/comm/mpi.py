@@ -1,0 +1,75 @@
+"""MPI transport over mpi4py: the one module of dmlcli that imports it."""
+
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from dmlcli.comm.polling import poll_until
+
+
+class MPITransport:
+    def __init__(self, comm=None):
+        self.comm = comm or MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+
+    # collectives
+    def allreduce(self, buf: np.ndarray) -> None:
+        """Sum buf over all ranks, in place."""
+        request = self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        poll_until(request.Test)
+
+    def bcast(self, buf: np.ndarray, root: int = 0) -> None:
+        request = self.comm.Ibcast(buf, root=root)
+        poll_until(request.Test)
+
+    def bcast_object(self, obj=None, root: int = 0):
+        return self.comm.bcast(obj, root=root)
+
+    def scatter_object(self, objs=None, root: int = 0):
+        return self.comm.scatter(objs, root=root)
+
+    def gather_object(self, obj, root: int = 0):
+        return self.comm.gather(obj, root=root)
+
+    def barrier(self) -> None:
+        poll_until(self.comm.Ibarrier().Test)
+
+    # point to point
+    def isend(self, buf: np.ndarray, dest: int, tag: int):
+        return self.comm.Isend(buf, dest=dest, tag=tag)
+
+    def irecv(self, buf: np.ndarray, source: int, tag: int | None = None):
+        return self.comm.Irecv(buf, source=source, tag=MPI.ANY_TAG if tag is None else tag)
+
+    def wait(self, request) -> int:
+        """Wait for one request; return the message tag (receives) or -1."""
+        status = MPI.Status()
+        poll_until(lambda: request.Test(status))
+        return status.Get_tag()
+
+    def waitany(self, requests: list) -> tuple[int, int]:
+        """Wait for the first of several requests (None entries are skipped); return (index, tag)."""
+        status = MPI.Status()
+        handles = [MPI.REQUEST_NULL if r is None else r for r in requests]
+
+        def ready():
+            index, done = MPI.Request.Testany(handles, status)
+            return done and index != MPI.UNDEFINED and (index,)
+
+        (index,) = poll_until(ready)
+        return index, status.Get_tag()
+
+    def abort(self, code: int) -> None:
+        self.comm.Abort(code)
+
+    def describe(self) -> dict:
+        """MPI library, rank count and host names, for the run manifest (collective)."""
+        hosts = self.comm.allgather(MPI.Get_processor_name())
+        return {
+            "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+            "mpi_standard": "%d.%d" % MPI.Get_version(),
+            "ranks": self.size,
+            "hosts": sorted(set(hosts)),
+        }

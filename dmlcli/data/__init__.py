@@ -1,0 +1,12 @@
+"""Data sets for dmlcli: opening a data spec as a streaming DataSource, and dividing rows among workers.
+
+`open_source` accepts a builtin name, `synthetic:key=value,...`, or a .svm/.libsvm/.csv/.npz path;
+`partition` and `split_test` turn row counts into per-worker and train/test index arrays.
+"""
+
+from dmlcli.data.builtin import BUILTIN_DATASETS
+from dmlcli.data.partition import PARTITION_SCHEMES, partition, split_test
+from dmlcli.data.source import DataSource, DatasetInfo
+from dmlcli.data.specs import open_source
+
+__all__ = ["open_source", "DataSource", "DatasetInfo", "partition", "split_test", "BUILTIN_DATASETS", "PARTITION_SCHEMES"]

@@ -1,0 +1,249 @@
+"""NumPy .npz archives (np.savez or np.savez_compressed): dense `X` and `y`, or CSR parts
+`data`, `indices`, `indptr`, `shape` and `y`.
+
+The feature arrays are never loaded whole: each is opened as a zip member, its .npy header read
+with numpy.lib.format, and only the byte ranges of the wanted rows are read (seeking forward only,
+since seeking back in a compressed member means decompressing again from the start).
+Labels, the CSR row pointer and the shape are O(n) and read whole.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Iterator
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.lib import format as npy_format
+
+from dmlcli.data.source import DataSource, DatasetInfo, row_runs
+from dmlcli.errors import DataError
+
+CSR_PARTS = ("data", "indices", "indptr", "shape")
+# Bytes of raw array data read at once while validating or fetching dense rows.
+_CHUNK_BYTES = 1 << 22
+# Rows of a CSR matrix whose nonzeros are read at once.
+_CSR_RUN_ROWS = 4096
+_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+_REAL_KINDS = "biuf"
+_INTEGER_KINDS = "iu"
+
+
+@dataclass(frozen=True)
+class ArrayHeader:
+    """What the .npy header of one archive member says about the array after it."""
+
+    key: str
+    shape: tuple[int, ...]
+    fortran_order: bool
+    dtype: np.dtype
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@contextmanager
+def open_archive(path: str) -> Iterator[zipfile.ZipFile]:
+    """The archive, with zip and decompression failures (also those while reading members) as DataError."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            yield archive
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        raise DataError(f"{path}: not a readable .npz archive ({error})") from None
+    except OSError as error:
+        raise DataError(f"cannot read data file {path}: {error.strerror or error}") from None
+
+
+def array_keys(archive: zipfile.ZipFile) -> set[str]:
+    """Names of the arrays stored in the archive (members `name.npy`)."""
+    return {name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy")}
+
+
+@contextmanager
+def open_member(archive: zipfile.ZipFile, path: str, key: str, kinds: str) -> Iterator[tuple[IO[bytes], ArrayHeader]]:
+    """Array `key` positioned at its first data byte, with its header; its dtype kind must be in `kinds`."""
+    with archive.open(f"{key}.npy") as member:
+        try:
+            version = npy_format.read_magic(member)
+            if version not in _HEADER_READERS:
+                raise DataError(f"{path}: array {key} uses .npy format version {version[0]}.{version[1]}; expected 1.0 or 2.0")
+            shape, fortran_order, dtype = _HEADER_READERS[version](member)
+        except ValueError as error:
+            raise DataError(f"{path}: array {key} has no valid .npy header ({error})") from None
+        if dtype.kind not in kinds or dtype.fields is not None:
+            expected = "integers" if kinds == _INTEGER_KINDS else "real numbers"
+            raise DataError(f"{path}: array {key} has dtype {dtype}; expected {expected}")
+        yield member, ArrayHeader(key, tuple(shape), fortran_order, dtype)
+
+
+def read_values(member: IO[bytes], path: str, header: ArrayHeader, count: int) -> np.ndarray:
+    """The next `count` elements of a member, as stored."""
+    wanted = count * header.dtype.itemsize
+    raw = member.read(wanted)
+    if len(raw) != wanted:
+        raise DataError(f"{path}: array {header.key} is truncated; expected {header.size} elements of shape {header.shape}")
+    return np.frombuffer(raw, dtype=header.dtype, count=count)
+
+
+def read_vector(archive: zipfile.ZipFile, path: str, key: str, kinds: str) -> np.ndarray:
+    """A whole 1-D array (used only for the O(n) ones: y, indptr, shape)."""
+    with open_member(archive, path, key, kinds) as (member, header):
+        if len(header.shape) != 1:
+            raise DataError(f"{path}: array {key} has shape {header.shape}; expected a 1-D array")
+        return read_values(member, path, header, header.size)
+
+
+def chunks(member: IO[bytes], path: str, header: ArrayHeader, unit: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream a member as (index of first element, elements), whole multiples of `unit` elements at a time."""
+    per_chunk = unit * max(1, _CHUNK_BYTES // (unit * header.dtype.itemsize))
+    for start in range(0, header.size, per_chunk):
+        yield start, read_values(member, path, header, min(per_chunk, header.size - start))
+
+
+def first_non_finite(values: np.ndarray) -> int | None:
+    """Position of the first NaN or infinity, or None (integers are always finite)."""
+    if values.dtype.kind != "f":
+        return None
+    bad = np.flatnonzero(~np.isfinite(values))
+    return int(bad[0]) if bad.size else None
+
+
+def storage_layout(keys: set[str], path: str) -> str:
+    """'dense' for X + y, 'csr' for the CSR parts + y; anything else is a DataError listing what is there."""
+    expected = "expected arrays X and y (dense) or data, indices, indptr, shape and y (CSR)"
+    has_dense = "X" in keys
+    has_csr = all(part in keys for part in CSR_PARTS)
+    if has_dense == has_csr or "y" not in keys:
+        found = ", ".join(sorted(keys)) or "no arrays"
+        raise DataError(f"{path}: holds {found}; {expected}")
+    return "dense" if has_dense else "csr"
+
+
+def check_format_tag(archive: zipfile.ZipFile, path: str) -> None:
+    """scipy.sparse.save_npz also stores a `format` array; the parts are only CSR if it says csr."""
+    with archive.open("format.npy") as member:
+        tag = npy_format.read_array(member, allow_pickle=False)
+    name = tag.item().decode() if isinstance(tag.item(), bytes) else str(tag.item())
+    if name != "csr":
+        raise DataError(f"{path}: sparse format is {name!r}; expected 'csr' (convert with .tocsr())")
+
+
+class NpzSource(DataSource):
+    """An .npz archive read member by member; see the module docstring for the layouts."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self._layout = "dense"
+        self._indptr: np.ndarray | None = None
+
+    def _scan(self) -> DatasetInfo:
+        with open_archive(self.name) as archive:
+            keys = array_keys(archive)
+            self._layout = storage_layout(keys, self.name)
+            if self._layout == "dense":
+                n, d = self._check_dense(archive)
+            else:
+                if "format" in keys:
+                    check_format_tag(archive, self.name)
+                n, d = self._check_csr(archive)
+            labels = read_vector(archive, self.name, "y", _REAL_KINDS)
+        if labels.size != n:
+            raise DataError(f"{self.name}: y has {labels.size} entries; expected one per row ({n})")
+        bad = first_non_finite(labels)
+        if bad is not None:
+            raise DataError(f"{self.name}: y[{bad}] is {labels[bad]}; expected finite labels")
+        return DatasetInfo(n=n, d=d, y=labels.astype(np.float64), sparse=self._layout == "csr")
+
+    def _check_dense(self, archive: zipfile.ZipFile) -> tuple[int, int]:
+        """Shape, order and finiteness of X, streamed chunk by chunk."""
+        with open_member(archive, self.name, "X", _REAL_KINDS) as (member, header):
+            if len(header.shape) != 2 or min(header.shape) < 1:
+                raise DataError(f"{self.name}: X has shape {header.shape}; expected a 2-D array with at least one row and column")
+            if header.fortran_order:
+                raise DataError(f"{self.name}: X is stored in Fortran order; expected C order (save np.ascontiguousarray(X))")
+            n, d = header.shape
+            for start, values in chunks(member, self.name, header, d):
+                bad = first_non_finite(values)
+                if bad is not None:
+                    row, column = divmod(start + bad, d)
+                    raise DataError(f"{self.name}: X[{row}, {column}] is {values[bad]}; expected finite values")
+        return n, d
+
+    def _check_csr(self, archive: zipfile.ZipFile) -> tuple[int, int]:
+        """Consistency of the CSR parts; indices and data are streamed, indptr is kept for rows()."""
+        shape = read_vector(archive, self.name, "shape", _INTEGER_KINDS)
+        if shape.size != 2 or shape.min() < 1:
+            raise DataError(f"{self.name}: shape is {shape.tolist()}; expected [rows, columns], both at least 1")
+        n, d = int(shape[0]), int(shape[1])
+        indptr = read_vector(archive, self.name, "indptr", _INTEGER_KINDS).astype(np.int64)
+        if indptr.size != n + 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+            raise DataError(f"{self.name}: indptr is not a row pointer for {n} rows; expected {n + 1} non-decreasing entries from 0")
+        nonzeros = int(indptr[-1])
+        with open_member(archive, self.name, "indices", _INTEGER_KINDS) as (member, header):
+            self._check_part_length(header, nonzeros)
+            for start, columns in chunks(member, self.name, header, 1):
+                outside = np.flatnonzero((columns < 0) | (columns >= d))
+                if outside.size:
+                    at = start + int(outside[0])
+                    raise DataError(f"{self.name}: indices[{at}] is {columns[outside[0]]}; expected a column in [0, {d})")
+        with open_member(archive, self.name, "data", _REAL_KINDS) as (member, header):
+            self._check_part_length(header, nonzeros)
+            for start, values in chunks(member, self.name, header, 1):
+                bad = first_non_finite(values)
+                if bad is not None:
+                    row = int(np.searchsorted(indptr, start + bad, side="right")) - 1
+                    raise DataError(f"{self.name}: data[{start + bad}] (row {row}) is {values[bad]}; expected finite values")
+        self._indptr = indptr
+        return n, d
+
+    def _check_part_length(self, header: ArrayHeader, nonzeros: int) -> None:
+        if header.shape != (nonzeros,):
+            raise DataError(f"{self.name}: {header.key} has shape {header.shape}; expected ({nonzeros},) as indptr[-1] says")
+
+    def _read_sorted(self, rows: np.ndarray, width: int):
+        with open_archive(self.name) as archive:
+            if self._layout == "dense":
+                return self._read_dense(archive, rows)
+            return self._read_csr(archive, rows, width)
+
+    def _read_dense(self, archive: zipfile.ZipFile, rows: np.ndarray) -> np.ndarray:
+        with open_member(archive, self.name, "X", _REAL_KINDS) as (member, header):
+            d = header.shape[1]
+            row_bytes = d * header.dtype.itemsize
+            data_start = member.tell()
+            features = np.empty((rows.size, d), dtype=np.float64)
+            position = 0
+            for first, stop in row_runs(rows, max(1, _CHUNK_BYTES // row_bytes)):
+                member.seek(data_start + first * row_bytes)
+                count = stop - first
+                features[position:position + count] = read_values(member, self.name, header, count * d).reshape(count, d)
+                position += count
+        return features
+
+    def _read_csr(self, archive: zipfile.ZipFile, rows: np.ndarray, width: int) -> sp.csr_matrix:
+        counts = self._indptr[rows + 1] - self._indptr[rows]
+        indptr = np.concatenate(([0], np.cumsum(counts)))
+        columns = np.empty(indptr[-1], dtype=np.int64)
+        values = np.empty(indptr[-1], dtype=np.float64)
+        runs = list(row_runs(rows, _CSR_RUN_ROWS))
+        self._gather_part(archive, "indices", _INTEGER_KINDS, runs, columns)
+        self._gather_part(archive, "data", _REAL_KINDS, runs, values)
+        matrix = sp.csr_matrix((values, columns, indptr), shape=(rows.size, width))
+        # Stored parts may have unsorted or repeated columns; CSR semantics sum repeats anyway.
+        matrix.sum_duplicates()
+        return matrix
+
+    def _gather_part(self, archive: zipfile.ZipFile, key: str, kinds: str, runs: list[tuple[int, int]], out: np.ndarray) -> None:
+        """Copy the nonzero entries of each row run from CSR part `key` into `out`, in order."""
+        with open_member(archive, self.name, key, kinds) as (member, header):
+            data_start = member.tell()
+            position = 0
+            for first, stop in runs:
+                low, high = int(self._indptr[first]), int(self._indptr[stop])
+                member.seek(data_start + low * header.dtype.itemsize)
+                out[position:position + high - low] = read_values(member, self.name, header, high - low)
+                position += high - low

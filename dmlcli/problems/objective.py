@@ -1,0 +1,62 @@
+"""The objective F(w) = (1/n) Σ_i ℓ(x_iᵀw, y_i) + r(w) and the shard a worker holds of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dmlcli.problems.losses import Loss
+from dmlcli.problems.regularizers import Regularizer
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The loss, the regulariser and the size of the whole training set; model length d."""
+
+    loss: Loss
+    reg: Regularizer
+    n: int
+    d: int
+
+    def loss_sum(self, w: np.ndarray, X, y: np.ndarray) -> float:
+        return float(self.loss.value(X @ w, y).sum())
+
+    def grad_mean(self, w: np.ndarray, X, y: np.ndarray) -> np.ndarray:
+        """Gradient of the mean loss on the block (X, y), without the regulariser."""
+        return X.T @ self.loss.dz(X @ w, y) / y.shape[0]
+
+    def objective(self, w: np.ndarray, total_loss_sum: float) -> float:
+        return total_loss_sum / self.n + self.reg.value(w)
+
+
+class Shard:
+    """A worker's training rows (already standardised, intercept appended) and its mini-batch sampler.
+
+    Offline data: batches walk a fresh seeded permutation of the shard each epoch (sampling
+    without replacement). Online data: every batch is a fresh draw from the generating
+    distribution through `draw(rng, m)`, and X, y are only the fixed sample used to evaluate F.
+    """
+
+    def __init__(self, X, y: np.ndarray, rng: np.random.Generator, draw=None):
+        self.X, self.y, self.rng, self._draw = X, y, rng, draw
+        self.n = y.shape[0]
+        self._order = np.arange(self.n)
+        self._cursor = self.n
+
+    def batch_size(self, requested: int | None) -> int:
+        return self.n if requested is None else min(requested, self.n) if self._draw is None else requested
+
+    def batch(self, size: int | None):
+        """(X_b, y_b) of `size` rows; None means the whole shard (the full local gradient)."""
+        if size is None:
+            return self.X, self.y
+        if self._draw is not None:
+            return self._draw(self.rng, size)
+        size = min(size, self.n)
+        if self._cursor + size > self.n:
+            self._order = self.rng.permutation(self.n)
+            self._cursor = 0
+        rows = self._order[self._cursor : self._cursor + size]
+        self._cursor += size
+        return self.X[rows], self.y[rows]

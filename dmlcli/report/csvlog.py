@@ -1,0 +1,68 @@
+"""The run's CSV: one row per evaluation point, flushed as written, every row carrying run_id
+and algorithm so that files from many runs concatenate."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+
+BASE_COLUMNS = ("run_id", "algorithm", "round", "updates", "epochs", "wall_s", "eval_s",
+                "bytes_sent", "messages", "objective", "train_loss", "test_loss", "test_metric")
+
+
+def format_value(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) or hasattr(value, "dtype") and value.dtype.kind == "f":
+        value = float(value)
+        return "nan" if math.isnan(value) else repr(value)  # repr round-trips a float exactly
+    if hasattr(value, "dtype"):
+        return str(value.item())
+    return str(value)
+
+
+class CsvLog:
+    def __init__(self, path, run_id: str, algorithm: str, extra_columns=(), overwrite: bool = False):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self.columns = (*BASE_COLUMNS, *extra_columns)
+        self._fixed = {"run_id": run_id, "algorithm": algorithm}
+        self._file = open(path, "w" if overwrite else "x", newline="")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(self.columns)
+        self._file.flush()
+
+    def write(self, row: dict) -> None:
+        unknown = set(row) - set(self.columns)
+        if unknown:
+            raise ValueError(f"unknown CSV column {sorted(unknown)[0]!r}; columns are {', '.join(self.columns)}")
+        values = {**row, **self._fixed}
+        self._writer.writerow([format_value(values.get(column)) for column in self.columns])
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_csv(path) -> list[dict]:
+    """Rows of a dmlcli CSV with numbers parsed: int where integral text, float otherwise, '' as None."""
+    def parse(text: str):
+        if text == "":
+            return None
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    with open(path, newline="") as handle:
+        return [{key: parse(value) for key, value in row.items()} for row in csv.DictReader(handle)]

@@ -1,0 +1,174 @@
+"""The resolved configuration of one run, and the shared options every algorithm takes.
+
+Each shared option is defined once here; the CLI turns these (and each algorithm's own
+parameters) into click options, and recipes and --set are checked against the same list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from dmlcli.algorithms.base import Param
+from dmlcli.errors import UsageError
+from dmlcli.problems import LOSSES, REGULARIZERS
+
+
+class BatchSize(click.ParamType):
+    """A positive integer, or `all` for the whole shard (stored as None)."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "all":
+            return None
+        try:
+            size = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a positive integer or 'all'", param, ctx)
+        if size < 1:
+            self.fail(f"{size} is not a positive integer or 'all'", param, ctx)
+        return size
+
+
+class StepSize(click.ParamType):
+    """A positive float, or `auto`: 1/L, L the smoothness constant of F estimated from the data."""
+
+    name = "FLOAT|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "auto":
+            return None
+        try:
+            step = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a positive number or 'auto'", param, ctx)
+        if not step > 0 or step == float("inf"):
+            self.fail(f"{value!r} is not a positive number or 'auto'", param, ctx)
+        return step
+
+
+class CrashSpec(click.ParamType):
+    """RANK@STEP: make that rank raise at that step (tests that a failure ends the run)."""
+
+    name = "RANK@STEP"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, tuple):
+            return value
+        try:
+            rank, step = (int(part) for part in str(value).split("@"))
+        except ValueError:
+            self.fail(f"{value!r} is not RANK@STEP, e.g. 2@10", param, ctx)
+        if rank < 0 or step < 0:
+            self.fail(f"{value!r}: rank and step must be non-negative", param, ctx)
+        return rank, step
+
+
+POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
+
+SHARED_OPTIONS: tuple[Param, ...] = (
+    Param("data", str, "breast_cancer",
+          "builtin name (breast_cancer, digits), synthetic:n=…,d=…,kind=…, or a .svm/.libsvm/.csv/.npz file"),
+    Param("test_data", str, None, "held-out data file (default: split --test-fraction off the training data)"),
+    Param("test_fraction", click.FloatRange(0, 1, max_open=True), None,
+          "fraction of the data held out for testing (default 0.2; 0 with --test-data)"),
+    Param("loss", click.Choice(sorted(LOSSES)), "logistic", "loss: logistic (labels ±1) or squared (regression)"),
+    Param("reg", click.Choice(REGULARIZERS), "l2", "regulariser r(w)"),
+    Param("lam", click.FloatRange(min=0), 1e-3, "regularisation strength λ"),
+    Param("l1_ratio", click.FloatRange(0, 1), 0.5, "share of λ on the l1 term for --reg elastic"),
+    Param("lr", StepSize(), "auto", "step size η; auto: 1/L, L the smoothness of F estimated from the data"),
+    Param("batch_size", BatchSize(), 32, "mini-batch size per worker, or 'all' for the full local gradient"),
+    Param("rounds", click.IntRange(min=1), 100, "global model updates (server updates for asynchronous algorithms)"),
+    Param("time_limit", POSITIVE_FLOAT, None, "stop after this many seconds of training, whatever --rounds says"),
+    Param("partition", str, "shuffle", "how samples go to workers: contiguous, shuffle, sample, dirichlet:ALPHA"),
+    Param("seed", click.IntRange(min=0), 0, "seed of everything random in the run"),
+    Param("workers", click.IntRange(min=1), 4, "workers when dmlcli starts MPI itself (under mpirun: ranks − 1)"),
+    Param("out", str, "runs/", "CSV file to write, or a directory (ending in /) to write <run_id>.csv in"),
+    Param("force", bool, False, "overwrite existing output files"),
+    Param("save_model", str, None, "write the final model to this .npy file"),
+    Param("eval_every", click.IntRange(min=1), None, "evaluate every N rounds (default: about 100 points per run)"),
+    Param("standardize", bool, True, "scale features to unit variance (dense data are also centred)"),
+    Param("fit_intercept", bool, True, "append a constant-1 feature (regularised like the rest)"),
+    Param("progress", click.Choice(["auto", "rich", "plain", "off"]), "auto", "progress display on rank 0"),
+    Param("blas_threads", click.IntRange(min=1), 1, "BLAS threads per rank"),
+    Param("crash", CrashSpec(), None, "fault injection: rank RANK raises at step STEP"),
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every shared option by name (see SHARED_OPTIONS), plus the algorithm and its parameters."""
+
+    algorithm: str
+    data: str
+    test_data: str | None
+    test_fraction: float | None
+    loss: str
+    reg: str
+    lam: float
+    l1_ratio: float
+    lr: float | None  # None: auto
+    batch_size: int | None
+    rounds: int
+    time_limit: float | None
+    partition: str
+    seed: int
+    workers: int
+    out: str
+    force: bool
+    save_model: str | None
+    eval_every: int | None
+    standardize: bool
+    fit_intercept: bool
+    progress: str
+    blas_threads: int
+    crash: tuple[int, int] | None
+    params: dict[str, Any]
+
+    @property
+    def evaluation_interval(self) -> int:
+        return self.eval_every or max(1, self.rounds // 100)
+
+    @property
+    def held_out_fraction(self) -> float:
+        if self.test_fraction is not None:
+            return self.test_fraction
+        return 0.0 if self.test_data else DEFAULT_TEST_FRACTION
+
+
+def make_config(algorithm: str, params: dict | None = None, **shared) -> RunConfig:
+    """A RunConfig from the options given; the rest take their defaults. Raises UsageError on
+    an unknown algorithm, option or parameter, or on options that contradict each other."""
+    from dmlcli.algorithms import REGISTRY
+
+    if algorithm not in REGISTRY:
+        raise UsageError(f"unknown algorithm {algorithm!r}; choose from {', '.join(sorted(REGISTRY))}")
+    unknown = sorted(set(shared) - set(SHARED_DEFAULTS))
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r}")
+    spec = REGISTRY[algorithm]
+    allowed = {p.name: p.default for p in spec.params}
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise UsageError(f"unknown parameter {unknown[0]!r} for {algorithm}; it takes: {', '.join(allowed) or 'none'}")
+    config = RunConfig(algorithm=algorithm, params={**allowed, **params}, **{**SHARED_DEFAULTS, **shared})
+    if config.test_data is not None and config.test_fraction is not None:
+        raise UsageError("give either --test-data or --test-fraction, not both")
+    if config.save_model is not None and not config.save_model.endswith(".npy"):
+        raise UsageError(f"--save-model must name a .npy file, got {config.save_model!r}")
+    return config
+
+
+DEFAULT_TEST_FRACTION = 0.2
+def _converted_default(param: Param):
+    """The value a default stands for (the CLI shows `auto`, the config holds None)."""
+    if isinstance(param.type, click.ParamType) and param.default is not None:
+        return param.type.convert(param.default, None, None)
+    return param.default
+
+
+SHARED_DEFAULTS = {p.name: _converted_default(p) for p in SHARED_OPTIONS}

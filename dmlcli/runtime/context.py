@@ -1,0 +1,86 @@
+"""What a training loop is handed: the rank's transport, data, problem, and rank 0's outputs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from dmlcli.runtime.evaluate import Counters, Evaluator, csv_row
+
+
+class InjectedCrash(RuntimeError):
+    """The failure --crash RANK@STEP asks for."""
+
+
+@dataclass
+class RunContext:
+    transport: object
+    config: object  # RunConfig
+    plan: object  # Plan
+    problem: object  # Problem
+    shard: object | None  # None on rank 0
+    evaluator: Evaluator
+    recorder: "Recorder | None"  # rank 0 only
+    algorithm: object  # SyncAlgorithm or AsyncAlgorithm
+
+    @property
+    def rank(self) -> int:
+        return self.transport.rank
+
+    @property
+    def workers(self) -> int:
+        return self.transport.size - 1
+
+    def initial_model(self) -> np.ndarray:
+        return np.zeros(self.problem.d)
+
+    def check_crash(self, step: int) -> None:
+        if self.config.crash == (self.rank, step):
+            raise InjectedCrash(f"injected crash at step {step} (--crash {self.rank}@{step})")
+
+
+class Recorder:
+    """Rank 0's outputs during a run: CSV rows as they are evaluated, and the progress display."""
+
+    def __init__(self, log, progress, n_train: int):
+        self.log, self.progress, self.n_train = log, progress, n_train
+        self.last_row: dict | None = None
+
+    def write(self, counters: Counters, metrics: dict) -> None:
+        row = csv_row(counters, metrics, self.n_train)
+        self.log.write(row)
+        self.last_row = row
+        self.progress.update(counters.round, self._shown(row))
+
+    def tick(self, counters: Counters, **shown) -> None:
+        self.progress.update(counters.round, {"epochs": counters.samples / self.n_train, **shown})
+
+    @staticmethod
+    def _shown(row: dict) -> dict:
+        keys = ("objective", "test_metric", "epochs", "wall_s", "staleness_mean")
+        return {k: row[k] for k in keys if row.get(k) is not None}
+
+
+class Stopwatch:
+    """Training time with evaluation time taken out."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.eval_s = 0.0
+
+    def training(self) -> float:
+        return time.perf_counter() - self.start - self.eval_s
+
+    def evaluating(self):
+        watch = self
+
+        class _Span:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                watch.eval_s += time.perf_counter() - self.t
+
+        return _Span()

@@ -1,0 +1,109 @@
+"""One rank's whole run: start-up, the training loop of the algorithm's family, outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from dmlcli.errors import UsageError
+from dmlcli.report import CsvLog, make_progress, print_summary, software_versions, git_revision, utc_now, write_manifest
+from dmlcli.runtime import setup
+from dmlcli.runtime.context import Recorder, RunContext
+from dmlcli.runtime.evaluate import Evaluator
+from dmlcli.runtime.parameter_server import run_async
+from dmlcli.runtime.sync import run_sync
+
+class CollectiveUsageError(UsageError):
+    """Bad input found at start-up and known to every rank: each exits 2, no abort needed."""
+
+
+LOOPS = {"sync": run_sync, "async": run_async}
+EXIT_CODES = {"completed": 0, "diverged": 3}
+
+
+def run_rank(config, transport, summary_stream=None) -> int:
+    """Run on this rank; returns the exit code (the same on every rank).
+
+    Bad input raises UsageError on every rank, before any file is written. Any other
+    exception propagates: the caller aborts all ranks (see dmlcli.runtime.launch).
+    """
+    if transport.size < 2:
+        raise CollectiveUsageError(f"{config.algorithm} needs at least 2 MPI ranks (a server and one worker), got {transport.size}")
+    with threadpool_limits(limits=config.blas_threads):
+        ctx, manifest = _start(config, transport)
+        loop = LOOPS[setup.REGISTRY[config.algorithm].family]
+        if ctx.recorder:
+            with ctx.recorder.progress:
+                model, status = loop(ctx, ctx.algorithm)
+        else:
+            model, status = loop(ctx, ctx.algorithm)
+    if transport.rank == 0:
+        _finish(ctx, manifest, model, status, summary_stream)
+    return EXIT_CODES[status]
+
+
+def _start(config, transport):
+    rank, workers = transport.rank, transport.size - 1
+    if rank == 0:
+        try:
+            plan, rows = setup.plan_run(config, workers)
+            verdict = (None, plan)
+        except UsageError as error:
+            verdict, rows = (str(error), None), None
+    else:
+        verdict, rows = None, None
+    error, plan = transport.bcast_object(verdict)
+    if error is not None:
+        raise CollectiveUsageError(error)
+    my_rows = transport.scatter_object([None, *rows] if rank == 0 else None)
+
+    if my_rows is not None:
+        source, X, X_test = setup.load_rows(config, plan, my_rows)
+    else:
+        source = X = X_test = None
+    moments = setup.column_moments(X, plan.d_features)
+    transport.allreduce(moments)
+    prepare = setup.make_preprocessor(config, moments, plan.d_features, plan.sparse)
+    shard, test = setup.make_shards(config, plan, my_rows, source, X, X_test, prepare, rank) if my_rows else (None, None)
+    problem = setup.make_problem(config, plan)
+    lr = config.lr or 1.0 / setup.smoothness(transport, shard.X if shard else None, problem)
+    spec, algorithm = setup.algorithm_for(config, problem, workers, lr)
+    mpi = transport.describe()
+
+    recorder = manifest = None
+    if rank == 0:
+        manifest = {
+            "run_id": plan.run_id, "algorithm": config.algorithm, "status": "running", "reason": None,
+            "config": dataclasses.asdict(config), "seed": config.seed, "csv": plan.csv_path, "lr": lr,
+            "data": {"n_train": plan.n_train, "n_test": plan.n_test, "features": plan.d_features,
+                     "model_size": plan.d_model, "sparse": plan.sparse},
+            "mpi": mpi, "workers": workers, "versions": software_versions(),
+            "git_revision": git_revision(os.getcwd()), "started": utc_now(), "ended": None,
+        }
+        write_manifest(plan.manifest_path, manifest)
+        log = CsvLog(plan.csv_path, plan.run_id, config.algorithm, spec.extra_columns, overwrite=config.force)
+        progress = make_progress(config.progress, config.rounds, config.time_limit, f"{config.algorithm} ×{workers}")
+        recorder = Recorder(log, progress, plan.n_train)
+    evaluator = Evaluator(transport, problem, plan.n_test, shard, test)
+    return RunContext(transport, config, plan, problem, shard, evaluator, recorder, algorithm), manifest
+
+
+def _finish(ctx, manifest, model, status, summary_stream) -> None:
+    config, plan, recorder = ctx.config, ctx.plan, ctx.recorder
+    recorder.log.close()
+    if config.save_model:
+        np.save(config.save_model, model)
+    manifest.update(status=status, ended=utc_now(), final=recorder.last_row,
+                    reason="objective became non-finite" if status == "diverged" else None)
+    write_manifest(plan.manifest_path, manifest)
+    row = dict(recorder.last_row or {}, algorithm=config.algorithm, status=status, csv=plan.csv_path)
+    print_summary([row], stream=summary_stream or sys.stdout)
+    if status == "diverged":
+        print(f"dmlcli: diverged: the objective became non-finite (try a smaller --lr, now {manifest['lr']:g})",
+              file=sys.stderr)
+
+

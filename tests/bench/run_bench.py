@@ -1,0 +1,79 @@
+"""`make bench`: per-round time of `dmlcli train ssgd` against a bare mpi4py loop (bare_ssgd.py)
+doing the same arithmetic, at 2 and 4 workers and d = 100 and 10,000, measured in one run.
+
+Both sides run under the same mpiexec on the same synthetic data; each pair is repeated and
+interleaved so machine noise hits both alike, and the table reports medians and their ratio.
+"""
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+CASES = [  # (workers, features, rows, rounds): rounds sized for a few seconds per run
+    (2, 100, 4000, 3000),
+    (4, 100, 4000, 3000),
+    (2, 10_000, 2000, 150),
+    (4, 10_000, 2000, 150),
+]
+TIMEOUT_S = 600
+
+
+def run(command: list[str]) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark command failed ({done.returncode}): {' '.join(command)}\n{done.stderr}")
+    return done.stdout
+
+
+def dmlcli_round_s(workers: int, data: str, rounds: int, scratch: str) -> float:
+    out = os.path.join(scratch, f"ssgd-{time.monotonic_ns()}.csv")
+    run([str(BIN / "mpiexec"), "-n", str(workers + 1), str(BIN / "dmlcli"), "train", "ssgd", "--data", data,
+         "--batch-size", "all", "--rounds", str(rounds), "--eval-every", str(rounds), "--test-fraction", "0",
+         "--partition", "contiguous", "--no-standardize", "--progress", "off", "--out", out])
+    with open(out) as handle:
+        last = list(csv.DictReader(handle))[-1]
+    return float(last["wall_s"]) / int(last["round"])
+
+
+def bare_round_s(workers: int, data: str, rounds: int) -> float:
+    output = run([str(BIN / "mpiexec"), "-n", str(workers + 1), sys.executable, str(HERE / "bare_ssgd.py"),
+                  "--data", data, "--rounds", str(rounds)])
+    return float(output.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="runs/bench.md")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    lines = ["| workers | d | rows | rounds | dmlcli ms/round | bare mpi4py ms/round | ratio |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as scratch:
+        for workers, features, rows, rounds in CASES:
+            data = f"synthetic:n={rows},d={features},seed=1"
+            ours, bare = [], []
+            for _ in range(args.repeats):
+                ours.append(dmlcli_round_s(workers, data, rounds, scratch))
+                bare.append(bare_round_s(workers, data, rounds))
+            mine, base = statistics.median(ours), statistics.median(bare)
+            lines.append(f"| {workers} | {features} | {rows} | {rounds} | {mine * 1e3:.4f} | {base * 1e3:.4f} "
+                         f"| {mine / base:.3f} |")
+            print(lines[-1], flush=True)
+    table = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(f"# ssgd per-round time, dmlcli vs bare mpi4py ({time.strftime('%Y-%m-%d')})\n\n"
+                              + table)
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

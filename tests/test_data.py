@@ -1,0 +1,539 @@
+"""Tests for dmlcli.data: every source kind, row access, malformed inputs, partitions and test splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from dmlcli.data import (
+    BUILTIN_DATASETS,
+    PARTITION_SCHEMES,
+    DataSource,
+    DatasetInfo,
+    npzfile,
+    open_source,
+    partition,
+    split_test,
+    textfile,
+)
+from dmlcli.errors import DataError, UsageError
+
+
+def write_libsvm(path, features: np.ndarray, labels: np.ndarray, zero_based: bool = False) -> None:
+    first = 0 if zero_based else 1
+    lines = []
+    for label, row in zip(labels, features):
+        tokens = [f"{label:g}"] + [f"{column + first}:{float(value)!r}" for column, value in enumerate(row) if value != 0]
+        lines.append(" ".join(tokens))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def sparse_example(rng, n=40, d=9) -> tuple[np.ndarray, np.ndarray]:
+    features = rng.standard_normal((n, d)) * (rng.random((n, d)) < 0.3)
+    features[:, -1] = np.where(np.arange(n) == 7, 2.5, 0.0)  # only row 7 reaches the last column, so d is known
+    return features, rng.integers(0, 2, n).astype(np.float64)
+
+
+# ---------------------------------------------------------------- builtins
+
+
+def test_builtin_names():
+    assert BUILTIN_DATASETS == ("breast_cancer", "digits")
+
+
+@pytest.mark.parametrize("name, n, d, classes", [("breast_cancer", 569, 30, {0.0, 1.0}), ("digits", 1797, 64, set(map(float, range(10))))])
+def test_builtin_shapes_and_labels(name, n, d, classes):
+    source = open_source(name)
+    info = source.scan()
+    assert isinstance(source, DataSource) and isinstance(info, DatasetInfo)
+    assert (info.n, info.d, info.sparse) == (n, d, False)
+    assert info.y.dtype == np.float64 and set(np.unique(info.y)) == classes
+    block = source.rows(np.array([5, 0, 5]))
+    assert block.shape == (3, d) and block.dtype == np.float64 and block.flags.c_contiguous
+    np.testing.assert_array_equal(block[0], block[2])
+    assert source.name == name and not source.online
+
+
+def test_scan_is_cached_and_labels_read_only():
+    source = open_source("breast_cancer")
+    assert source.scan() is source.scan()
+    with pytest.raises(ValueError):
+        source.scan().y[0] = 5.0
+
+
+def test_dense_source_rejects_other_width():
+    with pytest.raises(DataError, match="breast_cancer"):
+        open_source("breast_cancer").rows(np.arange(3), d=31)
+
+
+def test_fixed_sources_cannot_draw():
+    with pytest.raises(TypeError):
+        open_source("digits").draw(np.random.default_rng(0), 5)
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def test_synthetic_defaults_and_canonical_name():
+    source = open_source("synthetic")
+    info = source.scan()
+    assert (info.n, info.d, info.sparse) == (1000, 20, False)
+    assert set(np.unique(info.y)) == {-1.0, 1.0}
+    assert source.name.startswith("synthetic:n=1000,d=20,kind=logistic,")
+    assert open_source(source.name).name == source.name
+
+
+def test_synthetic_is_deterministic_and_rows_are_independent_of_the_request():
+    spec = "synthetic:n=2500,d=6,kind=linear,seed=4"
+    whole = open_source(spec).rows(np.arange(2500))
+    again = open_source(spec).rows(np.arange(2500))
+    np.testing.assert_array_equal(whole, again)
+    picked = np.array([2400, 3, 1500, 3, 1023, 1024])
+    np.testing.assert_array_equal(open_source(spec).rows(picked), whole[picked])
+    other_seed = open_source("synthetic:n=2500,d=6,kind=linear,seed=5").rows(np.arange(5))
+    assert not np.allclose(other_seed, whole[:5])
+
+
+def test_synthetic_smaller_n_is_a_prefix():
+    small, large = open_source("synthetic:n=300,d=4"), open_source("synthetic:n=1500,d=4")
+    np.testing.assert_array_equal(small.scan().y, large.scan().y[:300])
+    np.testing.assert_array_equal(small.rows(np.arange(300)), large.rows(np.arange(300)))
+
+
+def test_synthetic_labels_follow_the_features():
+    """Linear targets with no noise are an exact linear function of the rows."""
+    source = open_source("synthetic:n=200,d=5,kind=linear,noise=0")
+    features, targets = source.rows(np.arange(200)), source.scan().y
+    weights, residual, *_ = np.linalg.lstsq(features, targets, rcond=None)
+    assert residual.size == 1 and residual[0] < 1e-18
+
+
+def test_synthetic_sparse_is_csr_with_fixed_row_density():
+    source = open_source("synthetic:n=1100,d=50,sparse=1,density=0.2")
+    assert source.scan().sparse
+    block = source.rows(np.array([1099, 0, 0]), d=60)
+    assert isinstance(block, sp.csr_matrix) and block.shape == (3, 60)
+    assert np.all(np.diff(block.indptr) == 10)
+    np.testing.assert_array_equal(block[1].toarray(), block[2].toarray())
+    np.testing.assert_array_equal(block[0].toarray()[:, :50], source.rows(np.arange(1100))[1099].toarray())
+
+
+def test_synthetic_online_draws_fresh_samples():
+    source = open_source("synthetic:n=100,d=3,online=1")
+    assert source.online
+    features, labels = source.draw(np.random.default_rng(1), 7)
+    assert features.shape == (7, 3) and set(np.unique(labels)) <= {-1.0, 1.0}
+    repeat, _ = source.draw(np.random.default_rng(1), 7)
+    np.testing.assert_array_equal(features, repeat)
+    with pytest.raises(TypeError):
+        open_source("synthetic:n=100,d=3").draw(np.random.default_rng(1), 7)
+
+
+@pytest.mark.parametrize("spec, key", [
+    ("synthetic:bogus=1", "bogus"),
+    ("synthetic:n=abc", "n"),
+    ("synthetic:n=0", "n"),
+    ("synthetic:d=-2", "d"),
+    ("synthetic:density=0", "density"),
+    ("synthetic:density=1.5", "density"),
+    ("synthetic:noise=-0.1", "noise"),
+    ("synthetic:noise=nan", "noise"),
+    ("synthetic:kind=poisson", "kind"),
+    ("synthetic:sparse=2", "sparse"),
+    ("synthetic:n=5,n=6", "n"),
+    ("synthetic:n", "n"),
+])
+def test_synthetic_bad_specs_name_the_key(spec, key):
+    with pytest.raises(DataError, match=rf"\b{key}\b") as caught:
+        open_source(spec)
+    assert "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- LIBSVM
+
+
+@pytest.mark.parametrize("zero_based", [False, True])
+def test_libsvm_round_trip(tmp_path, zero_based):
+    features, labels = sparse_example(np.random.default_rng(0))
+    path = tmp_path / "train.svm"
+    write_libsvm(path, features, labels, zero_based)
+    source = open_source(str(path))
+    info = source.scan()
+    assert (info.n, info.d, info.sparse) == (40, 9, True)
+    np.testing.assert_array_equal(info.y, labels)
+    everything = source.rows(np.arange(40))
+    assert isinstance(everything, sp.csr_matrix)
+    np.testing.assert_array_equal(everything.toarray(), features)
+    picked = np.array([39, 0, 7, 7, 12])
+    np.testing.assert_array_equal(source.rows(picked).toarray(), features[picked])
+
+
+def test_libsvm_comments_blank_lines_and_padding(tmp_path):
+    path = tmp_path / "small.libsvm"
+    path.write_text("# header comment\n+1 1:0.5 3:2\n\n-1 2:-1 # trailing comment\n   \n1\n")
+    source = open_source(str(path))
+    info = source.scan()
+    assert (info.n, info.d) == (3, 3)
+    np.testing.assert_array_equal(info.y, [1, -1, 1])
+    block = source.rows(np.array([2, 1, 0]), d=5)
+    assert block.shape == (3, 5)
+    np.testing.assert_array_equal(block.toarray(), [[0, 0, 0, 0, 0], [0, -1, 0, 0, 0], [0.5, 0, 2, 0, 0]])
+    with pytest.raises(DataError, match="small.libsvm"):
+        source.rows(np.arange(3), d=2)
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("1 qid:3 1:0.5", "qid"),
+    ("abc 1:0.5", "label 'abc'"),
+    ("1 1:0.5 x:2", "index 'x'"),
+    ("1 1:0.5 2", "'2'"),
+    ("1 3:0.5 2:1", "ascending"),
+    ("1 1:0.5 1:1", "ascending"),
+    ("1 1:nan", "finite"),
+    ("1 1:abc", "'abc'"),
+    ("inf 1:1", "finite"),
+    ("1 -1:2", "negative"),
+])
+def test_libsvm_malformed_lines_name_file_and_line(tmp_path, line, fragment):
+    path = tmp_path / "bad.svm"
+    path.write_text(f"1 1:1 2:2\n# fine\n{line}\n")
+    with pytest.raises(DataError) as caught:
+        open_source(str(path)).scan()
+    message = str(caught.value)
+    assert "bad.svm:3" in message and fragment in message and "\n" not in message
+
+
+def test_libsvm_without_rows_or_features(tmp_path):
+    empty = tmp_path / "empty.svm"
+    empty.write_text("# nothing\n\n")
+    with pytest.raises(DataError, match="empty.svm: no data rows"):
+        open_source(str(empty)).scan()
+    labels_only = tmp_path / "labels.svm"
+    labels_only.write_text("1\n-1\n")
+    with pytest.raises(DataError, match="labels.svm: no features"):
+        open_source(str(labels_only)).scan()
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def test_csv_without_header_takes_the_first_column(tmp_path):
+    rng = np.random.default_rng(1)
+    table = np.column_stack([rng.integers(0, 3, 25), rng.standard_normal((25, 4))])
+    path = tmp_path / "plain.csv"
+    path.write_text("\n".join(",".join(repr(float(value)) for value in row) for row in table) + "\n\n")
+    source = open_source(str(path))
+    info = source.scan()
+    assert (info.n, info.d, info.sparse) == (25, 4, False)
+    np.testing.assert_array_equal(info.y, table[:, 0])
+    np.testing.assert_array_equal(source.rows(np.arange(25)), table[:, 1:])
+    picked = np.array([24, 3, 3, 0])
+    block = source.rows(picked)
+    assert block.flags.c_contiguous
+    np.testing.assert_array_equal(block, table[picked, 1:])
+
+
+def test_csv_header_selects_the_label_column_by_name(tmp_path):
+    path = tmp_path / "named.csv"
+    path.write_text('\ufeffa, b ,"Target",c\r\n1,2,0,3\r\n4,5,1,6\r\n\r\n7,8,1,9\r\n', encoding="utf-8")
+    source = open_source(str(path))
+    info = source.scan()
+    assert (info.n, info.d) == (3, 3)
+    np.testing.assert_array_equal(info.y, [0, 1, 1])
+    np.testing.assert_array_equal(source.rows(np.array([2, 0])), [[7, 8, 9], [1, 2, 3]])
+
+
+def test_csv_data_first_row_with_bom_is_data(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_text("\ufeff1,2\n0,3\n", encoding="utf-8")
+    source = open_source(str(path))
+    np.testing.assert_array_equal(source.scan().y, [1, 0])
+    np.testing.assert_array_equal(source.rows(np.array([0, 1])), [[2], [3]])
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("1,2,3\n4,5\n", "bad.csv:2"),
+    ("1,2,3\n4,,6\n", "bad.csv:2: column 2 is empty"),
+    ("1,2,3\n4,x5,6\n", "bad.csv:2: column 2 'x5'"),
+    ("1,2,3\n\n4,5,nan\n", "bad.csv:3: column 3"),
+    ("1,2,inf\n", "bad.csv:1: column 3"),
+    ("f1,f2,f3\n1,2,3\n", "bad.csv:1: no label column in header (f1, f2, f3)"),
+    ("y,label,x\n1,2,3\n", "several label columns"),
+    ("label\n1\n2\n", "bad.csv: only a label column"),
+    ("label,x\n", "bad.csv: no data rows"),
+])
+def test_csv_malformed_inputs(tmp_path, text, fragment):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(DataError) as caught:
+        open_source(str(path)).scan()
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_text_file_changed_after_scan_is_reported(tmp_path):
+    path = tmp_path / "moving.csv"
+    path.write_text("1,2\n3,4\n5,6\n")
+    source = open_source(str(path))
+    source.scan()
+    path.write_text("1,2\n\n\n\n\n")
+    with pytest.raises(DataError, match="changed since it was scanned"):
+        source.rows(np.array([1, 2]))
+
+
+# ---------------------------------------------------------------- NPZ
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_dense_round_trip(tmp_path, save):
+    rng = np.random.default_rng(2)
+    features, labels = rng.standard_normal((300, 7)), rng.standard_normal(300)
+    path = tmp_path / "dense.npz"
+    save(path, X=features, y=labels)
+    source = open_source(str(path))
+    info = source.scan()
+    assert (info.n, info.d, info.sparse) == (300, 7, False)
+    np.testing.assert_array_equal(info.y, labels)
+    np.testing.assert_array_equal(source.rows(np.arange(300)), features)
+    picked = np.array([299, 5, 6, 7, 5, 0, 150])
+    np.testing.assert_array_equal(source.rows(picked), features[picked])
+
+
+def test_npz_dense_converts_other_dtypes(tmp_path):
+    features = np.arange(12, dtype=">f4").reshape(4, 3)
+    path = tmp_path / "small.npz"
+    np.savez(path, X=features, y=np.array([0, 1, 1, 0], dtype=np.int32))
+    block = open_source(str(path)).rows(np.array([3, 1]))
+    assert block.dtype == np.float64
+    np.testing.assert_array_equal(block, features[[3, 1]].astype(np.float64))
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_sparse_round_trip(tmp_path, save):
+    features, labels = sparse_example(np.random.default_rng(3), n=60, d=11)
+    matrix = sp.csr_matrix(features)
+    path = tmp_path / "sparse.npz"
+    save(path, data=matrix.data, indices=matrix.indices, indptr=matrix.indptr, shape=np.array(matrix.shape), y=labels)
+    source = open_source(str(path))
+    info = source.scan()
+    assert (info.n, info.d, info.sparse) == (60, 11, True)
+    np.testing.assert_array_equal(info.y, labels)
+    picked = np.array([59, 7, 0, 7, 30, 31, 32])
+    block = source.rows(picked, d=13)
+    assert isinstance(block, sp.csr_matrix) and block.shape == (7, 13)
+    np.testing.assert_array_equal(block.toarray()[:, :11], features[picked])
+    np.testing.assert_array_equal(source.rows(np.arange(60)).toarray(), features)
+
+
+def test_npz_scipy_save_npz_with_labels(tmp_path):
+    """scipy.sparse.save_npz output plus y works for CSR and is refused for CSC."""
+    features, labels = sparse_example(np.random.default_rng(4), n=10, d=5)
+    for kind, matrix in (("csr", sp.csr_matrix(features)), ("csc", sp.csc_matrix(features))):
+        path = tmp_path / f"{kind}.npz"
+        sp.save_npz(path, matrix)
+        parts = dict(np.load(path))
+        np.savez(path, y=labels, **parts)
+        if kind == "csr":
+            np.testing.assert_array_equal(open_source(str(path)).rows(np.arange(10)).toarray(), features)
+        else:
+            with pytest.raises(DataError, match="csc.npz.*'csc'"):
+                open_source(str(path)).scan()
+
+
+def _csr_parts(features):
+    matrix = sp.csr_matrix(features)
+    return dict(data=matrix.data, indices=matrix.indices, indptr=matrix.indptr, shape=np.array(matrix.shape))
+
+
+@pytest.mark.parametrize("arrays, fragment", [
+    (dict(y=np.zeros(3)), "expected arrays X and y"),
+    (dict(X=np.zeros((3, 2))), "expected arrays X and y"),
+    (dict(X=np.zeros(3), y=np.zeros(3)), "X has shape (3,)"),
+    (dict(X=np.zeros((3, 2)), y=np.zeros(4)), "y has 4 entries"),
+    (dict(X=np.zeros((3, 2)), y=np.zeros((3, 1))), "array y has shape (3, 1)"),
+    (dict(X=np.array([[1.0, 2.0], [3.0, np.inf]]), y=np.zeros(2)), "X[1, 1]"),
+    (dict(X=np.zeros((2, 2)), y=np.array([0.0, np.nan])), "y[1]"),
+    (dict(X=np.asfortranarray(np.ones((3, 2))), y=np.zeros(3)), "Fortran order"),
+    (dict(X=np.array([["a", "b"]]), y=np.zeros(1)), "dtype <U1"),
+    (dict(X=np.zeros((2, 2), dtype=complex), y=np.zeros(2)), "real numbers"),
+    (dict(_csr_parts(np.eye(3)), indptr=np.array([0, 1, 2])), "indptr"),
+    (dict(_csr_parts(np.eye(3)), indices=np.array([0, 5, 2])), "indices[1] is 5"),
+    (dict(_csr_parts(np.eye(3)), data=np.array([1.0, np.nan, 1.0])), "data[1] (row 1)"),
+    (dict(_csr_parts(np.eye(3)), data=np.ones(2)), "data has shape (2,)"),
+])
+def test_npz_malformed_inputs(tmp_path, arrays, fragment):
+    path = tmp_path / "bad.npz"
+    if "indptr" in arrays:
+        arrays = dict(arrays, y=np.zeros(3))
+    np.savez(path, **arrays)
+    with pytest.raises(DataError) as caught:
+        open_source(str(path)).scan()
+    assert "bad.npz" in str(caught.value) and fragment in str(caught.value)
+
+
+def test_npz_rows_are_streamed_in_chunks(tmp_path, monkeypatch):
+    """Tiny read sizes force many chunks and runs; np.load (which would load X whole) must not be used."""
+    rng = np.random.default_rng(5)
+    features, labels = rng.standard_normal((50, 3)), rng.standard_normal(50)
+    sparse_features, _ = sparse_example(rng, n=50, d=6)
+    np.savez_compressed(tmp_path / "dense.npz", X=features, y=labels)
+    np.savez_compressed(tmp_path / "sparse.npz", y=labels, **_csr_parts(sparse_features))
+    monkeypatch.setattr(npzfile, "_CHUNK_BYTES", 40)
+    monkeypatch.setattr(npzfile, "_CSR_RUN_ROWS", 2)
+    monkeypatch.setattr(np, "load", None)
+    picked = np.array([49, 3, 4, 5, 6, 7, 3, 20, 0])
+    np.testing.assert_array_equal(open_source(str(tmp_path / "dense.npz")).rows(picked), features[picked])
+    np.testing.assert_array_equal(open_source(str(tmp_path / "sparse.npz")).rows(picked).toarray(), sparse_features[picked])
+
+
+def test_text_rows_are_read_in_short_runs(tmp_path, monkeypatch):
+    features, labels = sparse_example(np.random.default_rng(6))
+    write_libsvm(tmp_path / "runs.svm", features, labels)
+    monkeypatch.setattr(textfile, "_RUN_ROWS", 3)
+    picked = np.array([0, 1, 2, 3, 4, 5, 6, 7, 30, 31, 39, 2])
+    np.testing.assert_array_equal(open_source(str(tmp_path / "runs.svm")).rows(picked).toarray(), features[picked])
+
+
+def test_npz_that_is_not_a_zip(tmp_path):
+    path = tmp_path / "fake.npz"
+    path.write_text("hello")
+    with pytest.raises(DataError, match="fake.npz: not a readable .npz"):
+        open_source(str(path)).scan()
+
+
+# ---------------------------------------------------------------- specs and row requests
+
+
+def test_unknown_specs(tmp_path):
+    with pytest.raises(DataError, match=r"^unknown data set 'iris': expected a builtin \(breast_cancer, digits\)"):
+        open_source("iris")
+    with pytest.raises(DataError, match=r"^data file not found: .*foo\.svm$"):
+        open_source(str(tmp_path / "foo.svm"))
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    with pytest.raises(DataError, match="folder.csv"):
+        open_source(str(folder))
+    other = tmp_path / "data.txt"
+    other.write_text("1,2\n")
+    with pytest.raises(DataError, match=r"unsupported data file type '\.txt'"):
+        open_source(str(other))
+
+
+def test_rows_checks_the_request():
+    source = open_source("synthetic:n=10,d=2")
+    assert source.rows(np.array([], dtype=np.int64)).shape == (0, 2)
+    assert open_source("synthetic:n=10,d=2,sparse=1").rows([], d=4).shape == (0, 4)
+    with pytest.raises(IndexError):
+        source.rows(np.array([10]))
+    with pytest.raises(IndexError):
+        source.rows(np.array([-1]))
+    with pytest.raises(TypeError):
+        source.rows(np.array([0.5]))
+
+
+# ---------------------------------------------------------------- partitions
+
+
+def test_scheme_names_for_help():
+    assert PARTITION_SCHEMES == ("contiguous", "shuffle", "sample", "dirichlet:ALPHA")
+
+
+@pytest.mark.parametrize("workers", [1, 3, 7, 10])
+def test_contiguous_is_in_order_for_any_worker_count(workers):
+    parts = partition("contiguous", 10, workers, 0, np.zeros(10))
+    assert len(parts) == workers and all(part.size >= 1 and part.dtype == np.int64 for part in parts)
+    np.testing.assert_array_equal(np.concatenate(parts), np.arange(10))
+    assert max(p.size for p in parts) - min(p.size for p in parts) <= 1
+
+
+@pytest.mark.parametrize("workers", [1, 4, 13])
+def test_shuffle_covers_every_row_once_sorted_per_worker(workers):
+    parts = partition("shuffle", 50, workers, 3, np.zeros(50))
+    assert len(parts) == workers and all(np.all(np.diff(part) > 0) for part in parts)
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(50))
+    assert [p.size for p in parts] == [p.size for p in partition("contiguous", 50, workers, 0, None)]
+    again = partition("shuffle", 50, workers, 3, np.zeros(50))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    if workers > 1:
+        other = partition("shuffle", 50, workers, 4, np.zeros(50))
+        assert any(not np.array_equal(a, b) for a, b in zip(parts, other))
+
+
+def test_sample_draws_block_sized_sets_with_replacement():
+    parts = partition("sample", 100, 3, 5, None)
+    assert [p.size for p in parts] == [34, 33, 33]
+    assert all(p.min() >= 0 and p.max() < 100 for p in parts)
+    assert not np.array_equal(parts[1], parts[2])
+    assert all(np.array_equal(a, b) for a, b in zip(parts, partition("sample", 100, 3, 5, None)))
+    assert any(np.unique(p).size < p.size for p in partition("sample", 100, 1, 5, None))
+
+
+def _mean_top_label_share(parts, labels) -> float:
+    """Average over workers of the share of their most common label (1/4 is an even mix of 4 labels)."""
+    return float(np.mean([np.bincount(labels[part].astype(int)).max() / part.size for part in parts]))
+
+
+def test_dirichlet_small_alpha_skews_labels():
+    labels = np.repeat(np.arange(4.0), 50)
+    parts = partition("dirichlet:0.05", 200, 4, 1, labels)
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(200))
+    assert all(part.size >= 1 and np.all(np.diff(part) > 0) for part in parts)
+    # Small alpha leaves most workers dominated by one label; a shuffle stays near the even mix.
+    assert _mean_top_label_share(parts, labels) > 0.7
+    assert _mean_top_label_share(partition("shuffle", 200, 4, 1, labels), labels) < 0.45
+    assert all(np.array_equal(a, b) for a, b in zip(parts, partition("dirichlet:0.05", 200, 4, 1, labels)))
+
+
+def test_dirichlet_gives_every_worker_a_row():
+    labels = np.zeros(6)
+    for seed in range(10):
+        parts = partition("dirichlet:0.01", 6, 6, seed, labels)
+        assert all(part.size == 1 for part in parts)
+        np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(6))
+
+
+def test_dirichlet_large_alpha_is_nearly_even():
+    labels = np.repeat([0.0, 1.0], 500)
+    parts = partition("dirichlet:1000", 1000, 2, 0, labels)
+    for part in parts:
+        assert abs(labels[part].mean() - 0.5) < 0.1
+
+
+@pytest.mark.parametrize("scheme, workers, n, fragment", [
+    ("contiguous", 8, 5, "more workers (8) than training samples (5)"),
+    ("contiguous", 0, 5, "at least 1 worker"),
+    ("random", 2, 5, "unknown partition scheme 'random'; expected one of contiguous, shuffle, sample, dirichlet:ALPHA"),
+    ("dirichlet:-1", 2, 5, "expected one of contiguous"),
+    ("dirichlet:0", 2, 5, "expected one of contiguous"),
+    ("dirichlet:abc", 2, 5, "expected one of contiguous"),
+    ("dirichlet", 2, 5, "expected one of contiguous"),
+])
+def test_partition_usage_errors(scheme, workers, n, fragment):
+    with pytest.raises(UsageError) as caught:
+        partition(scheme, n, workers, 0, np.zeros(n))
+    assert fragment in str(caught.value)
+
+
+# ---------------------------------------------------------------- test split
+
+
+def test_split_test_is_seeded_sorted_and_disjoint():
+    train, test = split_test(100, 0.2, 7)
+    assert (train.size, test.size) == (80, 20)
+    assert np.all(np.diff(train) > 0) and np.all(np.diff(test) > 0)
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(100))
+    again = split_test(100, 0.2, 7)
+    assert np.array_equal(train, again[0]) and np.array_equal(test, again[1])
+    assert not np.array_equal(test, split_test(100, 0.2, 8)[1])
+    assert not np.array_equal(test, np.arange(80, 100))
+
+
+def test_split_test_edges():
+    train, test = split_test(10, 0.0, 1)
+    np.testing.assert_array_equal(train, np.arange(10))
+    assert test.size == 0
+    assert [part.size for part in split_test(10, 0.01, 1)] == [9, 1]
+    assert [part.size for part in split_test(2, 0.99, 1)] == [1, 1]
+    for fraction in (1.0, -0.1, float("nan")):
+        with pytest.raises(UsageError, match="test fraction"):
+            split_test(10, fraction, 1)

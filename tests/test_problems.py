@@ -1,0 +1,85 @@
+"""Losses, regularisers and the reference solver, checked against first principles."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.optimize import approx_fprime
+
+from dmlcli.errors import DataError
+from dmlcli.problems import LOSSES, Problem, Shard, make_regularizer, reference_solution
+
+
+@pytest.fixture
+def block():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 5))
+    y = np.where(rng.random(40) < 0.5, -1.0, 1.0)
+    return X, y
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_gradient_matches_finite_differences(block, loss):
+    X, y = block
+    problem = Problem(LOSSES[loss], make_regularizer("none", 0.0), n=40, d=5)
+    w = np.linspace(-0.5, 0.5, 5)
+    numeric = approx_fprime(w, lambda v: problem.loss_sum(v, X, y) / 40, 1e-7)
+    np.testing.assert_allclose(problem.grad_mean(w, X, y), numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_sparse_and_dense_agree(block):
+    X, y = block
+    problem = Problem(LOSSES["logistic"], make_regularizer("l2", 0.1), n=40, d=5)
+    w = np.arange(5.0) / 10
+    np.testing.assert_allclose(problem.grad_mean(w, sp.csr_matrix(X), y), problem.grad_mean(w, X, y))
+    assert problem.loss_sum(w, sp.csr_matrix(X), y) == pytest.approx(problem.loss_sum(w, X, y))
+
+
+def test_logistic_value_is_stable_for_large_margins():
+    value = LOSSES["logistic"].value(np.array([800.0, -800.0]), np.array([1.0, 1.0]))
+    np.testing.assert_allclose(value, [0.0, 800.0])
+
+
+def test_binary_labels_map_larger_to_plus_one():
+    encode = LOSSES["logistic"].fit_labels(np.array([3.0, 7.0, 3.0]))
+    np.testing.assert_array_equal(encode(np.array([7.0, 3.0])), [1.0, -1.0])
+    with pytest.raises(DataError, match="label 5"):
+        encode(np.array([5.0]))
+    with pytest.raises(DataError, match="the data have 3"):
+        LOSSES["logistic"].fit_labels(np.array([0.0, 1.0, 2.0]))
+
+
+@pytest.mark.parametrize("name", ["l2", "l1", "elastic", "none"])
+def test_prox_minimises_its_definition(name):
+    reg = make_regularizer(name, 0.7, l1_ratio=0.3)
+    v = np.array([1.5, -0.2, 0.05, -3.0])
+    step = 0.4
+    p = reg.prox(v, step)
+
+    def prox_objective(w):
+        return reg.value(w) + (w - v) @ (w - v) / (2 * step)
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        assert prox_objective(p) <= prox_objective(p + 1e-3 * rng.normal(size=4)) + 1e-12
+
+
+@pytest.mark.parametrize("reg_name", ["l2", "elastic"])
+def test_reference_solution_is_stationary(block, reg_name):
+    X, y = block
+    problem = Problem(LOSSES["logistic"], make_regularizer(reg_name, 0.05), n=40, d=5)
+    w, value = reference_solution(problem, X, y)
+    # Optimality of the prox-gradient fixed point: w = prox(w − η ∇smooth(w)).
+    step = 0.5
+    smooth_grad = problem.grad_mean(w, X, y) + problem.reg.l2 * w
+    fixed = make_regularizer("l1", problem.reg.l1).prox(w - step * smooth_grad, step) if problem.reg.l1 else w - step * smooth_grad
+    np.testing.assert_allclose(fixed, w, atol=1e-6)
+    assert value == pytest.approx(problem.objective(w, problem.loss_sum(w, X, y)))
+
+
+def test_shard_batches_cover_the_shard_each_epoch():
+    X = np.arange(10.0)[:, None]
+    shard = Shard(X, np.arange(10.0), np.random.default_rng(0))
+    seen = np.concatenate([shard.batch(5)[1] for _ in range(2)])
+    np.testing.assert_array_equal(np.sort(seen), np.arange(10.0))
+    X_all, y_all = shard.batch(None)
+    assert X_all is X
