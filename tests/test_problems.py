@@ -6,7 +6,8 @@ import scipy.sparse as sp
 from scipy.optimize import approx_fprime
 
 from dmlcli.errors import DataError
-from dmlcli.problems import LOSSES, Problem, Shard, make_regularizer, reference_solution
+from dmlcli.problems import LOSSES, Problem, Shard, make_regularizer
+from dmlcli.problems.reference import reference_solution
 
 
 @pytest.fixture

@@ -58,6 +58,9 @@ def make_train_command(spec) -> click.Command:
         ctx = click.get_current_context()
         config, given = resolve(ctx, spec.name, values)
         if not launch.under_launcher():
+            from dmlcli.runtime.setup import precheck
+
+            precheck(config)
             sys.exit(launch.relaunch(sys.argv[1:], config.workers + 1, config.blas_threads))
         if "workers" in given:
             _check_workers(config.workers)
@@ -77,7 +80,16 @@ def _check_workers(workers: int) -> None:
         raise UsageError(f"--workers {workers} needs {workers + 1} ranks, but mpirun started {size}")
 
 
-@click.group(context_settings={"show_default": True})
+class AlgorithmGroup(click.Group):
+    """`train ALGO`: an unknown ALGO is named with the algorithms there are."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            raise click.UsageError(f"unknown algorithm {args[0]!r}; choose from {', '.join(sorted(self.commands))}", ctx)
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=AlgorithmGroup, context_settings={"show_default": True})
 def train():
     """Train with one algorithm: dmlcli train ALGO [OPTIONS]. Started alone it launches
     --workers+1 MPI ranks itself; under mpirun -n P it uses the P ranks (rank 0 the server)."""

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_digits
 
 from dmlcli.data.source import DataSource, DatasetInfo
 
 BUILTIN_DATASETS = ("breast_cancer", "digits")
-
-_LOADERS = {"breast_cancer": load_breast_cancer, "digits": load_digits}
 
 
 class BuiltinSource(DataSource):
@@ -20,7 +17,10 @@ class BuiltinSource(DataSource):
         self._features: np.ndarray | None = None
 
     def _scan(self) -> DatasetInfo:
-        features, labels = _LOADERS[self.name](return_X_y=True)
+        # Imported here: scikit-learn takes half a second to import, on every rank, and only these need it.
+        from sklearn import datasets
+
+        features, labels = getattr(datasets, f"load_{self.name}")(return_X_y=True)
         self._features = np.ascontiguousarray(features, dtype=np.float64)
         n, d = self._features.shape
         return DatasetInfo(n=n, d=d, y=np.asarray(labels, dtype=np.float64), sparse=False)

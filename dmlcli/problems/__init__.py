@@ -1,8 +1,7 @@
-"""Losses, regularisers, the objective and its centralised reference solver."""
+"""Losses, regularisers and the objective (the reference solver is in dmlcli.problems.reference)."""
 
 from dmlcli.problems.losses import LOSSES, Loss
 from dmlcli.problems.objective import Problem, Shard
-from dmlcli.problems.reference import reference_solution
 from dmlcli.problems.regularizers import REGULARIZERS, Regularizer, make_regularizer
 
-__all__ = ["LOSSES", "Loss", "Problem", "Shard", "reference_solution", "REGULARIZERS", "Regularizer", "make_regularizer"]
+__all__ = ["LOSSES", "Loss", "Problem", "Shard", "REGULARIZERS", "Regularizer", "make_regularizer"]

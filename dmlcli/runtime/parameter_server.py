@@ -80,9 +80,14 @@ def _serve(ctx, algorithm):
     for k in range(workers):
         send_model(k)
     receives = [transport.irecv(payloads[k], k + 1) for k in range(workers)]
-    status, budget_spent, active = "completed", False, workers
+    status, budget_spent, active, next_first = "completed", False, workers, 0
     while active:
-        k, _ = transport.waitany(receives)
+        # Look from the worker after the last one served: MPI's Testany favours low ranks when
+        # several are ready, and a worker served more often biases the model towards its shard.
+        order = [*range(next_first, workers), *range(next_first)]
+        index, _ = transport.waitany([receives[j] for j in order])
+        k = order[index]
+        next_first = (k + 1) % workers
         payload = payloads[k]
         counters.bytes_sent += payload.nbytes
         counters.messages += 1

@@ -33,7 +33,8 @@ def run_rank(config, transport, summary_stream=None) -> int:
     """
     if transport.size < 2:
         raise CollectiveUsageError(f"{config.algorithm} needs at least 2 MPI ranks (a server and one worker), got {transport.size}")
-    with threadpool_limits(limits=config.blas_threads):
+    # Overflow on the way to divergence is expected: it is caught, as a non-finite objective, at evaluation.
+    with threadpool_limits(limits=config.blas_threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         ctx, manifest = _start(config, transport)
         loop = LOOPS[setup.REGISTRY[config.algorithm].family]
         if ctx.recorder:
@@ -70,8 +71,9 @@ def _start(config, transport):
     prepare = setup.make_preprocessor(config, moments, plan.d_features, plan.sparse)
     shard, test = setup.make_shards(config, plan, my_rows, source, X, X_test, prepare, rank) if my_rows else (None, None)
     problem = setup.make_problem(config, plan)
-    lr = config.lr or 1.0 / setup.smoothness(transport, shard.X if shard else None, problem)
-    spec, algorithm = setup.algorithm_for(config, problem, workers, lr)
+    spec = setup.REGISTRY[config.algorithm]
+    lr = config.lr or setup.auto_step(transport, shard.X if shard else None, problem, spec.family, workers)
+    algorithm = setup.algorithm_for(config, problem, workers, lr)
     mpi = transport.describe()
 
     recorder = manifest = None

@@ -3,6 +3,7 @@ every worker loads only its own rows and the shared preprocessing is agreed by A
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import scipy.sparse as sp
 
 from dmlcli.algorithms import REGISTRY
 from dmlcli.data import open_source, partition, split_test
+from dmlcli.data.partition import parse_scheme
 from dmlcli.errors import DataError, UsageError
 from dmlcli.problems import LOSSES, Problem, Shard, make_regularizer
 from dmlcli.runtime.config import RunConfig
@@ -43,13 +45,19 @@ class WorkerRows:
     test_y: np.ndarray
 
 
-def output_paths(config: RunConfig, run_id: str) -> tuple[str, str]:
-    """CSV and manifest paths; refuses to overwrite either unless --force."""
+def output_paths(config: RunConfig) -> tuple[str, str, str]:
+    """(run_id, CSV path, manifest path). A directory --out gets a fresh <run_id>.csv; a named
+    file, or a --save-model file, that exists is refused unless --force."""
+    stamp = f"{config.algorithm}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-s{config.seed}"
     out = config.out
     if out.endswith(("/", os.sep)) or os.path.isdir(out):
+        run_id, suffix = stamp, 1
+        while any(os.path.exists(os.path.join(out, run_id + ext)) for ext in (".csv", ".json")):
+            suffix += 1
+            run_id = f"{stamp}-{suffix}"
         csv_path = os.path.join(out, f"{run_id}.csv")
     elif out.endswith(".csv"):
-        csv_path = out
+        run_id, csv_path = os.path.basename(out)[: -len(".csv")], out
     else:
         raise UsageError(f"--out must be a .csv file or a directory ending in '/', got {out!r}")
     manifest_path = csv_path[: -len(".csv")] + ".json"
@@ -57,13 +65,21 @@ def output_paths(config: RunConfig, run_id: str) -> tuple[str, str]:
         for path in (csv_path, manifest_path, config.save_model):
             if path and os.path.exists(path):
                 raise UsageError(f"{path} exists; use --force to overwrite it or choose another --out")
-    return csv_path, manifest_path
+    return run_id, csv_path, manifest_path
+
+
+def precheck(config: RunConfig) -> None:
+    """The input checks that need no data pass, run by the launching process before MPI starts."""
+    output_paths(config)
+    for spec in (config.data, config.test_data):
+        if spec:
+            open_source(spec)
+    parse_scheme(config.partition)
 
 
 def plan_run(config: RunConfig, workers: int) -> tuple[Plan, list[WorkerRows]]:
     """Rank 0's start-up work: everything that can be wrong with the input is found here."""
-    run_id = f"{config.algorithm}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-s{config.seed}"
-    csv_path, manifest_path = output_paths(config, run_id)
+    run_id, csv_path, manifest_path = output_paths(config)
     loss = LOSSES[config.loss]
     source = open_source(config.data)
     info = source.scan()
@@ -184,18 +200,25 @@ def smoothness(transport, X, problem: Problem, max_iterations: int = 200, rtol: 
     return problem.loss.curvature * largest / problem.n + problem.reg.l2
 
 
+def auto_step(transport, X, problem: Problem, family: str, workers: int) -> float:
+    """--lr auto: 1/L for synchronous algorithms. Asynchronous ones apply gradients about K − 1
+    updates old, and gradient steps with delay τ are stable only for η ≲ 1/(L(1+τ)) (Agarwal &
+    Duchi 2011), so they get 1/(L·K). Collective."""
+    delay_factor = workers if family == "async" else 1
+    return 1.0 / (smoothness(transport, X, problem) * delay_factor)
+
+
 def algorithm_for(config: RunConfig, problem: Problem, workers: int, lr: float):
     from dmlcli.algorithms import Settings
 
-    spec = REGISTRY[config.algorithm]
     settings = Settings(lr, config.batch_size, workers, config.seed)
-    return spec, spec.build(problem, settings, **config.params)
+    return REGISTRY[config.algorithm].build(problem, settings, **config.params)
 
 
 def centralised_problem(config: RunConfig):
     """(problem, X, y): the run's whole training set in one process, preprocessed exactly as the
     workers preprocess their shards, for the reference solver."""
-    plan, (rows,) = plan_run(config, workers=1)
+    plan, (rows,) = plan_run(dataclasses.replace(config, force=True), workers=1)  # it writes nothing
     source, X, _ = load_rows(config, plan, rows)
     prepare = make_preprocessor(config, column_moments(X, plan.d_features), plan.d_features, plan.sparse)
     return make_problem(config, plan), prepare(X), rows.train_y

@@ -38,7 +38,8 @@ def dmlcli_round_s(workers: int, data: str, rounds: int, scratch: str) -> float:
     out = os.path.join(scratch, f"ssgd-{time.monotonic_ns()}.csv")
     run([str(BIN / "mpiexec"), "-n", str(workers + 1), str(BIN / "dmlcli"), "train", "ssgd", "--data", data,
          "--batch-size", "all", "--rounds", str(rounds), "--eval-every", str(rounds), "--test-fraction", "0",
-         "--partition", "contiguous", "--no-standardize", "--progress", "off", "--out", out])
+         "--partition", "contiguous", "--no-standardize", "--lr", "0.1", "--lam", "1e-3", "--progress", "off",
+         "--out", out])
     with open(out) as handle:
         last = list(csv.DictReader(handle))[-1]
     return float(last["wall_s"]) / int(last["round"])
@@ -46,7 +47,7 @@ def dmlcli_round_s(workers: int, data: str, rounds: int, scratch: str) -> float:
 
 def bare_round_s(workers: int, data: str, rounds: int) -> float:
     output = run([str(BIN / "mpiexec"), "-n", str(workers + 1), sys.executable, str(HERE / "bare_ssgd.py"),
-                  "--data", data, "--rounds", str(rounds)])
+                  "--data", data, "--rounds", str(rounds), "--lr", "0.1", "--lam", "1e-3"])
     return float(output.strip().splitlines()[-1])
 
 

@@ -1,0 +1,51 @@
+"""Shared helpers: configs for in-process runs, and the real-MPI command line with its timeout."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dmlcli.problems.reference import reference_solution
+from dmlcli.report import read_csv
+from dmlcli.runtime.config import make_config
+from dmlcli.runtime.setup import centralised_problem
+
+BIN = Path(sys.executable).parent
+MPI_TIMEOUT_S = 120  # a hung run fails its own test instead of the whole suite
+
+
+@pytest.fixture
+def config(tmp_path):
+    """make_config with test-friendly outputs: a CSV in tmp_path, no progress display."""
+    counter = iter(range(1_000_000))
+
+    def make(algorithm, params=None, **options):
+        options.setdefault("out", str(tmp_path / f"{algorithm}-{next(counter)}.csv"))
+        options.setdefault("progress", "off")
+        return make_config(algorithm, params, **options)
+
+    return make
+
+
+def reference_objective(config) -> float:
+    problem, X, y = centralised_problem(config)
+    return reference_solution(problem, X, y)[1]
+
+
+def objectives(path) -> list[float]:
+    return [row["objective"] for row in read_csv(path)]
+
+
+def dmlcli_mpi(ranks: int, *args: str, timeout: float = MPI_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """`mpiexec -n RANKS dmlcli ARGS`, killed (and the test failed) after `timeout` seconds."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([str(BIN / "mpiexec"), "-n", str(ranks), str(BIN / "dmlcli"), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def dmlcli_alone(*args: str, timeout: float = MPI_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """`dmlcli ARGS` started without a launcher, as a user would (it starts MPI itself)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "MPI_LOCAL"))}
+    return subprocess.run([str(BIN / "dmlcli"), *args], capture_output=True, text=True, timeout=timeout, env=env)

@@ -1,0 +1,109 @@
+"""End to end under real mpiexec, through the command line. Every run has a timeout."""
+
+import json
+import random
+import time
+
+import numpy as np
+import pytest
+
+from conftest import dmlcli_alone, dmlcli_mpi, objectives, reference_objective
+from dmlcli.report import read_csv
+from dmlcli.runtime.config import make_config
+
+PROBLEM = ["--data", "breast_cancer", "--batch-size", "all", "--lam", "0.01", "--rounds", "2000", "--progress", "off"]
+
+
+def test_ssgd_reaches_the_reference_and_gives_the_same_csv_on_any_rank_count(tmp_path):
+    runs = {}
+    for ranks in (5, 2):
+        out = tmp_path / f"ssgd-{ranks}.csv"
+        done = dmlcli_mpi(ranks, "train", "ssgd", *PROBLEM, "--out", str(out))
+        assert done.returncode == 0, done.stderr
+        runs[ranks] = objectives(out)
+    np.testing.assert_allclose(runs[5], runs[2], rtol=0, atol=1e-9)
+    optimum = reference_objective(make_config("ssgd", batch_size=None, lam=0.01, rounds=2000))
+    assert (runs[5][-1] - optimum) / optimum <= 1e-6
+
+
+def test_asgd_reaches_a_relative_gap_of_1e_3(tmp_path):
+    """asgd settles within 1e-3 of the optimum. It keeps moving there: each worker's gradient
+    is of its own shard, and real scheduling serves some workers more often than others, which
+    pulls the model towards their shards (measured, median of the last ten points over 15 runs: 2e-6 to 6e-4 with
+    two workers, up to 1.3e-3 with three); so the check
+    is on the median of the last ten evaluation points, and the last one is kept near."""
+    out = tmp_path / "asgd.csv"
+    done = dmlcli_mpi(3, "train", "asgd", *PROBLEM[:-4], "--rounds", "6000", "--progress", "off", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = read_csv(out)
+    optimum = reference_objective(make_config("asgd", batch_size=None, lam=0.01))
+    gaps = [(row["objective"] - optimum) / optimum for row in rows]
+    assert np.median(gaps[-10:]) <= 1e-3 and gaps[-1] <= 3e-3
+    assert rows[-1]["round"] == 6000 and rows[-1]["staleness_max"] >= 1  # two workers: some gradients are stale
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["status"] == "completed" and manifest["mpi"]["ranks"] == 3
+
+
+def test_many_asgd_runs_with_random_seeds_and_rank_counts_all_terminate(tmp_path):
+    """Drain-then-stop leaves nothing in flight whatever the timing: 50 runs, 2–5 ranks."""
+    rng = random.Random(2026)
+    for run in range(50):
+        ranks, seed = rng.randint(2, 5), rng.randint(0, 10**6)
+        out = tmp_path / f"asgd-{run}.csv"
+        done = dmlcli_mpi(ranks, "train", "asgd", "--data", "synthetic:n=200,d=5", "--rounds", "200",
+                          "--batch-size", "4", "--seed", str(seed), "--progress", "off", "--out", str(out), timeout=60)
+        assert done.returncode == 0, f"run {run} ({ranks} ranks, seed {seed}): {done.stderr}"
+        assert read_csv(out)[-1]["round"] == 200
+
+
+@pytest.mark.parametrize("algorithm,crash", [("asgd", "2@20"), ("asgd", "0@20"), ("ssgd", "1@20"), ("ssgd", "0@20")])
+def test_a_rank_that_raises_ends_the_run_in_seconds_with_exit_1(tmp_path, algorithm, crash):
+    start = time.monotonic()
+    done = dmlcli_mpi(3, "train", algorithm, "--rounds", "1000000", "--crash", crash, "--progress", "off",
+                      "--out", str(tmp_path / "crash.csv"), timeout=60)
+    assert done.returncode == 1
+    rank = crash.split("@")[0]
+    failures = [line for line in done.stderr.splitlines() if "failed" in line]
+    assert failures == [f"dmlcli: rank {rank} failed: InjectedCrash: injected crash at step 20 (--crash {crash})"]
+    assert time.monotonic() - start < 30
+
+
+def test_started_alone_it_launches_workers_plus_one_ranks(tmp_path):
+    out = tmp_path / "alone.csv"
+    done = dmlcli_alone("train", "ssgd", "--workers", "2", "--rounds", "20", "--progress", "plain", "--out", str(out),
+                        "--save-model", str(tmp_path / "w.npy"))
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["mpi"]["ranks"] == 3 and manifest["workers"] == 2
+    assert "round 20/20" in done.stdout and f"csv: {out}" in done.stdout
+    assert np.load(tmp_path / "w.npy").shape == (31,)  # 30 features + intercept
+
+
+def test_divergence_exits_3(tmp_path):
+    done = dmlcli_mpi(3, "train", "ssgd", "--loss", "squared", "--lr", "1000", "--rounds", "300", "--progress", "off",
+                      "--out", str(tmp_path / "div.csv"))
+    assert done.returncode == 3
+    assert "dmlcli: diverged: the objective became non-finite" in done.stderr
+    assert "Warning" not in done.stderr
+
+
+def test_one_rank_under_mpirun_is_a_usage_error(tmp_path):
+    done = dmlcli_mpi(1, "train", "ssgd", "--out", str(tmp_path / "x.csv"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == "dmlcli: error: ssgd needs at least 2 MPI ranks (a server and one worker), got 1"
+    assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("content,extra,message", [
+    ("1 1:0.5\n-1 2:x\n", [], "bad.svm:2"),
+    ("1 1:0.5\n2 2:0.1\n3 1:1\n", ["--test-fraction", "0"], "logistic loss needs exactly 2 distinct labels"),
+    ("1 1:0.5\n-1 2:0.1\n1 1:1\n", ["--test-fraction", "0"], "more workers (4) than training samples (3)"),
+])
+def test_bad_data_found_by_the_ranks_is_one_line_and_exit_2(tmp_path, content, extra, message):
+    data = tmp_path / "bad.svm"
+    data.write_text(content)
+    out = tmp_path / "never.csv"
+    done = dmlcli_mpi(5, "train", "ssgd", "--data", str(data), "--out", str(out), *extra)
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not out.with_suffix(".json").exists()
