@@ -29,8 +29,8 @@ def config(tmp_path):
     return make
 
 
-def reference_objective(config) -> float:
-    problem, X, y = centralised_problem(config)
+def reference_objective(config, workers: int = 1) -> float:
+    problem, X, y = centralised_problem(config, workers)
     return reference_solution(problem, X, y)[1]
 
 

@@ -2,12 +2,14 @@
 
 import json
 import random
+import signal
+import subprocess
 import time
 
 import numpy as np
 import pytest
 
-from conftest import dmlcli_alone, dmlcli_mpi, objectives, reference_objective
+from conftest import BIN, dmlcli_alone, dmlcli_mpi, objectives, reference_objective
 from dmlcli.report import read_csv
 from dmlcli.runtime.config import make_config
 
@@ -107,3 +109,26 @@ def test_bad_data_found_by_the_ranks_is_one_line_and_exit_2(tmp_path, content, e
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize("algorithm,signum,code", [("ssgd", signal.SIGTERM, 143), ("asgd", signal.SIGINT, 130)])
+def test_a_signal_stops_the_run_gracefully_with_complete_outputs(tmp_path, algorithm, signum, code):
+    out = tmp_path / "stopped.csv"
+    process = subprocess.Popen([str(BIN / "mpiexec"), "-n", "3", str(BIN / "dmlcli"), "train", algorithm,
+                                "--rounds", "100000000", "--progress", "off", "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists() and time.monotonic() < deadline:  # the CSV appears once start-up is done
+            time.sleep(0.1)
+        time.sleep(1.0)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == code, stderr
+    assert f"dmlcli: stopped by signal {int(signum)}" in stderr
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["status"] == "interrupted"
+    rows = read_csv(out)
+    assert rows[-1]["round"] > 0 and np.isfinite(rows[-1]["objective"])

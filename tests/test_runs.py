@@ -121,3 +121,35 @@ def test_divergence_exits_3_and_says_so_in_the_manifest(config, algorithm):
 def test_the_regulariser_value_is_part_of_the_objective():
     problem = Problem(LOSSES["squared"], make_regularizer("l2", 2.0), n=4, d=2)
     assert problem.objective(np.array([1.0, 1.0]), total_loss_sum=8.0) == pytest.approx(2.0 + 2.0)
+
+
+def write_libsvm(path, X, y):
+    with open(path, "w") as handle:
+        for row, label in zip(X, y):
+            features = " ".join(f"{j + 1}:{v:.17g}" for j, v in enumerate(row) if v != 0.0)
+            handle.write(f"{label:g} {features}\n")
+
+
+def test_ssgd_on_a_libsvm_file_stays_sparse_and_reaches_the_reference(config, tmp_path):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 12)) * (rng.random((300, 12)) < 0.3)
+    y = np.where(X @ rng.normal(size=12) + 0.3 * rng.normal(size=300) > 0, 1, -1)
+    write_libsvm(tmp_path / "train.svm", X, y)
+    write_libsvm(tmp_path / "test.svm", X[:50], y[:50])
+    run = config("ssgd", data=str(tmp_path / "train.svm"), test_data=str(tmp_path / "test.svm"), batch_size=None,
+                 lam=0.01, rounds=600)
+    assert run_local(run, workers=3) == 0
+    problem, X_train, _ = centralised_problem(run)
+    assert X_train.format == "csr" and problem.n == 300
+    rows = read_csv(run.out)
+    optimum = reference_objective(run)
+    assert (rows[-1]["objective"] - optimum) / optimum <= 1e-6
+    assert 0.5 < rows[-1]["test_metric"] <= 1.0
+
+
+@pytest.mark.parametrize("partition", ["sample", "dirichlet:0.3"])
+def test_other_partitions_run_and_converge(config, partition):
+    run = config("ssgd", partition=partition, batch_size=None, lam=0.01, rounds=1500)
+    assert run_local(run, workers=3) == 0
+    optimum = reference_objective(run, workers=3)  # sampling with replacement: F is over the drawn rows
+    assert (objectives(run.out)[-1] - optimum) / optimum <= 1e-5

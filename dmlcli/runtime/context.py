@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -12,6 +13,33 @@ from dmlcli.runtime.evaluate import Counters, Evaluator, csv_row
 
 class InjectedCrash(RuntimeError):
     """The failure --crash RANK@STEP asks for."""
+
+
+class StopRequest:
+    """A graceful stop on rank 0: the first SIGINT/SIGTERM asks the loop to stop as if the budget
+    were spent, so every rank still evaluates and the CSV and manifest are complete; another
+    signal more than a second later interrupts at once. (Under mpiexec a Ctrl-C can arrive twice
+    within moments: from the terminal and forwarded by mpiexec.)"""
+
+    HARD_AFTER_S = 1.0
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._at = 0.0
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum, self._at = signum, time.monotonic()
+        elif time.monotonic() - self._at > self.HARD_AFTER_S:
+            raise KeyboardInterrupt(128 + signum)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
 
 @dataclass
@@ -24,6 +52,7 @@ class RunContext:
     evaluator: Evaluator
     recorder: "Recorder | None"  # rank 0 only
     algorithm: object  # SyncAlgorithm or AsyncAlgorithm
+    stop: StopRequest = field(default_factory=StopRequest)  # signals reach it on rank 0 only
 
     @property
     def rank(self) -> int:
@@ -35,6 +64,14 @@ class RunContext:
 
     def initial_model(self) -> np.ndarray:
         return np.zeros(self.problem.d)
+
+    def should_stop(self, watch: "Stopwatch") -> bool:
+        """Rank 0's decision to end the run now: time limit reached, or a stop requested."""
+        limit = self.config.time_limit
+        return self.stop.requested or (limit is not None and watch.training() >= limit)
+
+    def end_status(self) -> str:
+        return "interrupted" if self.stop.requested else "completed"
 
     def check_crash(self, step: int) -> None:
         if self.config.crash == (self.rank, step):

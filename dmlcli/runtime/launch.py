@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -75,17 +76,30 @@ def _is_open_mpi(mpiexec: str) -> bool:
 def rank_main(config) -> int:
     """Entry point on each MPI rank. A failure on any rank prints one line naming it and aborts all."""
     from dmlcli.comm.mpi import MPITransport
+    from dmlcli.runtime.context import StopRequest
     from dmlcli.runtime.run import CollectiveUsageError, run_rank
 
     transport = MPITransport()
+    stop = StopRequest()
+    if transport.rank == 0:
+        stop.install()
+    else:
+        # A signal reaches every rank; rank 0 alone handles it and stops the others in order.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        return run_rank(config, transport)
+        return run_rank(config, transport, stop=stop)
     except CollectiveUsageError as error:
         if transport.rank == 0:
             print(f"dmlcli: error: {error}", file=sys.stderr, flush=True)
         return error.exit_code
+    except KeyboardInterrupt as interrupt:
+        code = interrupt.args[0] if interrupt.args else 130
+        print("dmlcli: interrupted at once; the CSV keeps every row written so far", file=sys.stderr, flush=True)
+        transport.abort(code)
+        return code
     except BaseException as error:  # noqa: BLE001 - any failure must end every rank, not hang them
-        code = getattr(error, "exit_code", 130 if isinstance(error, KeyboardInterrupt) else 1)
+        code = getattr(error, "exit_code", 1)
         detail = str(error) or type(error).__name__
         print(f"dmlcli: rank {transport.rank} failed: {type(error).__name__}: {detail}", file=sys.stderr, flush=True)
         transport.abort(code)

@@ -80,7 +80,7 @@ def _serve(ctx, algorithm):
     for k in range(workers):
         send_model(k)
     receives = [transport.irecv(payloads[k], k + 1) for k in range(workers)]
-    status, budget_spent, active, next_first = "completed", False, workers, 0
+    budget_spent, active, next_first = False, workers, 0
     while active:
         # Look from the worker after the last one served: MPI's Testany favours low ranks when
         # several are ready, and a worker served more often biases the model towards its shard.
@@ -106,12 +106,11 @@ def _serve(ctx, algorithm):
                 counters.round = version
             else:
                 extras["dropped"] += 1
-            out_of_time = config.time_limit is not None and watch.training() >= config.time_limit
-            budget_spent = version >= config.rounds or out_of_time
+            budget_spent = version >= config.rounds or ctx.should_stop(watch)
             if applied and (version % config.evaluation_interval == 0 or budget_spent):
                 keep_snapshot()
                 if not np.isfinite(snapshots[-1][1]).all():
-                    status, budget_spent = "diverged", True
+                    budget_spent = True
             elif budget_spent:
                 keep_snapshot()
             ctx.recorder.tick(counters, staleness_mean=extras["staleness_mean"])
@@ -125,7 +124,7 @@ def _serve(ctx, algorithm):
     for request in sends:
         if request is not None:
             transport.wait(request)
-    return snapshots, status
+    return snapshots, ctx.end_status()
 
 
 def _work(ctx, algorithm) -> None:

@@ -22,10 +22,10 @@ class CollectiveUsageError(UsageError):
 
 
 LOOPS = {"sync": run_sync, "async": run_async}
-EXIT_CODES = {"completed": 0, "diverged": 3}
+EXIT_CODES = {"completed": 0, "diverged": 3}  # interrupted: 128 + the signal, as a shell reports it
 
 
-def run_rank(config, transport, summary_stream=None) -> int:
+def run_rank(config, transport, summary_stream=None, stop=None) -> int:
     """Run on this rank; returns the exit code (the same on every rank).
 
     Bad input raises UsageError on every rank, before any file is written. Any other
@@ -36,15 +36,21 @@ def run_rank(config, transport, summary_stream=None) -> int:
     # Overflow on the way to divergence is expected: it is caught, as a non-finite objective, at evaluation.
     with threadpool_limits(limits=config.blas_threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         ctx, manifest = _start(config, transport)
+        if stop is not None:
+            ctx.stop = stop
         loop = LOOPS[setup.REGISTRY[config.algorithm].family]
         if ctx.recorder:
-            with ctx.recorder.progress:
-                model, status = loop(ctx, ctx.algorithm)
+            try:
+                with ctx.recorder.progress:
+                    model, status = loop(ctx, ctx.algorithm)
+            except BaseException as error:
+                _record_failure(ctx, manifest, error)
+                raise
         else:
             model, status = loop(ctx, ctx.algorithm)
     if transport.rank == 0:
         _finish(ctx, manifest, model, status, summary_stream)
-    return EXIT_CODES[status]
+    return 128 + ctx.stop.signum if status == "interrupted" else EXIT_CODES[status]
 
 
 def _start(config, transport):
@@ -94,16 +100,31 @@ def _start(config, transport):
     return RunContext(transport, config, plan, problem, shard, evaluator, recorder, algorithm), manifest
 
 
+def _record_failure(ctx, manifest, error: BaseException) -> None:
+    """Rank 0 failing or interrupted: the CSV has every row so far; the manifest says why it ended.
+    (A failure on another rank aborts rank 0 too fast for this; its manifest then stays 'running'.)"""
+    ctx.recorder.log.close()
+    interrupted = isinstance(error, KeyboardInterrupt)
+    manifest.update(status="interrupted" if interrupted else "failed", ended=utc_now(),
+                    reason="interrupted" if interrupted else f"rank 0: {type(error).__name__}: {error}",
+                    final=ctx.recorder.last_row)
+    write_manifest(ctx.plan.manifest_path, manifest)
+
+
 def _finish(ctx, manifest, model, status, summary_stream) -> None:
     config, plan, recorder = ctx.config, ctx.plan, ctx.recorder
     recorder.log.close()
     if config.save_model:
         np.save(config.save_model, model)
-    manifest.update(status=status, ended=utc_now(), final=recorder.last_row,
-                    reason="objective became non-finite" if status == "diverged" else None)
+    reasons = {"diverged": "objective became non-finite",
+               "interrupted": f"stopped by signal {ctx.stop.signum} (the last row is the model at the stop)"}
+    manifest.update(status=status, ended=utc_now(), final=recorder.last_row, reason=reasons.get(status))
     write_manifest(plan.manifest_path, manifest)
     row = dict(recorder.last_row or {}, algorithm=config.algorithm, status=status, csv=plan.csv_path)
     print_summary([row], stream=summary_stream or sys.stdout)
+    if status == "interrupted":
+        print(f"dmlcli: stopped by signal {ctx.stop.signum}; the CSV and manifest are complete up to the stop",
+              file=sys.stderr)
     if status == "diverged":
         print(f"dmlcli: diverged: the objective became non-finite (try a smaller --lr, now {manifest['lr']:g})",
               file=sys.stderr)

@@ -215,10 +215,12 @@ def algorithm_for(config: RunConfig, problem: Problem, workers: int, lr: float):
     return REGISTRY[config.algorithm].build(problem, settings, **config.params)
 
 
-def centralised_problem(config: RunConfig):
-    """(problem, X, y): the run's whole training set in one process, preprocessed exactly as the
-    workers preprocess their shards, for the reference solver."""
-    plan, (rows,) = plan_run(dataclasses.replace(config, force=True), workers=1)  # it writes nothing
-    source, X, _ = load_rows(config, plan, rows)
+def centralised_problem(config: RunConfig, workers: int = 1):
+    """(problem, X, y): the training set of a run on `workers` workers — the union of their
+    shards, which for --partition sample depends on the worker count — in one process,
+    preprocessed exactly as the workers preprocess their shards, for the reference solver."""
+    plan, rows = plan_run(dataclasses.replace(config, force=True), workers)  # it writes nothing
+    blocks = [load_rows(config, plan, part)[1] for part in rows]
+    X = sp.vstack(blocks, format="csr") if plan.sparse else np.vstack(blocks)
     prepare = make_preprocessor(config, column_moments(X, plan.d_features), plan.d_features, plan.sparse)
-    return make_problem(config, plan), prepare(X), rows.train_y
+    return make_problem(config, plan), prepare(X), np.concatenate([part.train_y for part in rows])

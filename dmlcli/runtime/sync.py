@@ -37,7 +37,7 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
             buf[:-1] = message
         else:
             buf[:-1] = 0.0
-        buf[-1] = float(ctx.rank == 0 and config.time_limit is not None and watch.training() >= config.time_limit)
+        buf[-1] = float(ctx.rank == 0 and ctx.should_stop(watch))
         transport.allreduce(buf)
         state = algorithm.combine(state, buf[:-1])
 
@@ -54,4 +54,4 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
             ctx.recorder.tick(counters)
         if stop:
             break
-    return algorithm.model(state), "completed"
+    return algorithm.model(state), ctx.end_status()
