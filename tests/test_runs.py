@@ -11,6 +11,17 @@ from dmlcli.runtime.local_run import run_local
 from dmlcli.runtime.setup import centralised_problem
 
 
+def gradient_descent_objectives(run, step: float, steps: int) -> list[float]:
+    """F along centralised proximal gradient descent from 0 on the run's whole training set."""
+    problem, X, y = centralised_problem(run)
+    w = np.zeros(problem.d)
+    values = [problem.objective(w, problem.loss_sum(w, X, y))]
+    for _ in range(steps):
+        w = problem.reg.prox(w - step * problem.grad_mean(w, X, y), step)
+        values.append(problem.objective(w, problem.loss_sum(w, X, y)))
+    return values
+
+
 def test_ssgd_full_batch_reaches_the_reference_solution(config):
     run = config("ssgd", data="breast_cancer", batch_size=None, lam=0.01, rounds=2000)
     assert run_local(run, workers=3) == 0
@@ -24,13 +35,7 @@ def test_ssgd_full_batch_equals_centralised_gradient_descent(config):
     run = config("ssgd", data="breast_cancer", batch_size=None, lam=0.05, lr=0.2, rounds=30, eval_every=1,
                  test_fraction=0.0)
     assert run_local(run, workers=4) == 0
-    problem, X, y = centralised_problem(run)
-    w = np.zeros(problem.d)
-    expected = [problem.objective(w, problem.loss_sum(w, X, y))]
-    for _ in range(30):
-        w = problem.reg.prox(w - 0.2 * problem.grad_mean(w, X, y), 0.2)
-        expected.append(problem.objective(w, problem.loss_sum(w, X, y)))
-    np.testing.assert_allclose(objectives(run.out), expected, rtol=1e-12)
+    np.testing.assert_allclose(objectives(run.out), gradient_descent_objectives(run, 0.2, 30), rtol=1e-12)
 
 
 @pytest.mark.parametrize("partition", ["contiguous", "shuffle"])
@@ -69,14 +74,8 @@ def test_asgd_with_one_worker_is_sequential_gradient_descent(config):
     """One worker: every gradient is fresh (staleness 0), so asgd is exactly prox-GD."""
     run = config("asgd", batch_size=None, lam=0.05, lr=0.2, rounds=20, eval_every=1, test_fraction=0.0)
     assert run_local(run, workers=1) == 0
-    problem, X, y = centralised_problem(run)
-    w = np.zeros(problem.d)
-    expected = [problem.objective(w, problem.loss_sum(w, X, y))]
-    for _ in range(20):
-        w = problem.reg.prox(w - 0.2 * problem.grad_mean(w, X, y), 0.2)
-        expected.append(problem.objective(w, problem.loss_sum(w, X, y)))
     rows = read_csv(run.out)
-    np.testing.assert_allclose([r["objective"] for r in rows], expected, rtol=1e-12)
+    np.testing.assert_allclose([r["objective"] for r in rows], gradient_descent_objectives(run, 0.2, 20), rtol=1e-12)
     assert all(r["staleness_max"] == 0 for r in rows)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from dataclasses import dataclass, field
@@ -110,14 +111,10 @@ class Stopwatch:
     def training(self) -> float:
         return time.perf_counter() - self.start - self.eval_s
 
+    @contextlib.contextmanager
     def evaluating(self):
-        watch = self
-
-        class _Span:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                watch.eval_s += time.perf_counter() - self.t
-
-        return _Span()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.eval_s += time.perf_counter() - started

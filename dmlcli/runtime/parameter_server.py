@@ -61,24 +61,20 @@ def _serve(ctx, algorithm):
         counters.wall_s = watch.training()
         snapshots.append((counters.snapshot(), algorithm.model(state).copy()))
 
-    def reply(k: int, message: np.ndarray, tag: int) -> None:
+    def post(k: int, message: np.ndarray, tag: int) -> None:
+        """Send to worker k once its previous message has gone: only then is the buffer ours again."""
         if sends[k] is not None:
             transport.wait(sends[k])
+        if message is replies[k]:
+            message[0] = version
+            message[HEADER:] = algorithm.model(state)
         sends[k] = transport.isend(message, k + 1, tag)
         counters.bytes_sent += message.nbytes
         counters.messages += 1
 
-    def send_model(k: int) -> None:
-        if sends[k] is not None:
-            transport.wait(sends[k])  # the buffer is ours again before we overwrite it
-            sends[k] = None
-        replies[k][0] = version
-        replies[k][HEADER:] = algorithm.model(state)
-        reply(k, replies[k], TAG_WORK)
-
     keep_snapshot()
     for k in range(workers):
-        send_model(k)
+        post(k, replies[k], TAG_WORK)
     receives = [transport.irecv(payloads[k], k + 1) for k in range(workers)]
     budget_spent, active, next_first = False, workers, 0
     while active:
@@ -107,19 +103,16 @@ def _serve(ctx, algorithm):
             else:
                 extras["dropped"] += 1
             budget_spent = version >= config.rounds or ctx.should_stop(watch)
-            if applied and (version % config.evaluation_interval == 0 or budget_spent):
+            if budget_spent or (applied and version % config.evaluation_interval == 0):
                 keep_snapshot()
-                if not np.isfinite(snapshots[-1][1]).all():
-                    budget_spent = True
-            elif budget_spent:
-                keep_snapshot()
+                budget_spent = budget_spent or not np.isfinite(snapshots[-1][1]).all()
             ctx.recorder.tick(counters, staleness_mean=extras["staleness_mean"])
         if budget_spent:
-            reply(k, stop_message, TAG_STOP)
+            post(k, stop_message, TAG_STOP)
             receives[k] = None
             active -= 1
         else:
-            send_model(k)
+            post(k, replies[k], TAG_WORK)
             receives[k] = transport.irecv(payloads[k], k + 1)
     for request in sends:
         if request is not None:
