@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 # ssgd on builtin breast_cancer, 4 workers; dmlcli starts MPI itself (no mpirun).
 demo: install
-	$(BIN)/dmlcli train ssgd --data breast_cancer --workers 4 --batch-size all --lr 1 --rounds 200 --out runs/demo/
+	$(BIN)/dmlcli train ssgd --data breast_cancer --workers 4 --batch-size all --rounds 500 --out runs/demo/
 
 test: install
 	$(BIN)/python -m pytest -q

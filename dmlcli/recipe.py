@@ -7,9 +7,8 @@ wherever it came from; an unknown key is an error that names it.
 
 from __future__ import annotations
 
-import tomllib
-
 import click
+import tomllib
 
 from dmlcli.algorithms.base import Param
 from dmlcli.errors import UsageError

@@ -9,8 +9,8 @@ import scipy.sparse as sp
 from dmlcli.data import (
     BUILTIN_DATASETS,
     PARTITION_SCHEMES,
-    DataSource,
     DatasetInfo,
+    DataSource,
     npzfile,
     open_source,
     partition,

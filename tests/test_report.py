@@ -27,9 +27,8 @@ def test_csv_rows_are_on_disk_as_written_and_round_trip_exactly(tmp_path):
 
 def test_csv_refuses_unknown_columns_and_existing_files(tmp_path):
     path = tmp_path / "run.csv"
-    with CsvLog(path, "r", "ssgd") as log:
-        with pytest.raises(ValueError, match="unknown CSV column 'speed'"):
-            log.write({"speed": 1})
+    with CsvLog(path, "r", "ssgd") as log, pytest.raises(ValueError, match="unknown CSV column 'speed'"):
+        log.write({"speed": 1})
     with pytest.raises(FileExistsError):
         CsvLog(path, "r", "ssgd")
     CsvLog(path, "r", "asgd", overwrite=True).close()

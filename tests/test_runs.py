@@ -1,6 +1,8 @@
 """Whole runs on the in-process transport: convergence to the centralised reference solution
 and the exact equivalences of the design notes."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -112,7 +114,7 @@ def test_divergence_exits_3_and_says_so_in_the_manifest(config, algorithm):
 
     run = config(algorithm, loss="squared", lr=1000.0, rounds=500)
     assert run_local(run, workers=2) == 3
-    manifest = json.load(open(run.out[:-4] + ".json"))
+    manifest = json.loads(Path(run.out).with_suffix(".json").read_text())
     assert manifest["status"] == "diverged"
     assert not np.isfinite(objectives(run.out)[-1])
 

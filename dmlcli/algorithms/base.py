@@ -10,8 +10,9 @@ The runtime owns the loop and the messages; an algorithm only says what each ran
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import click
 

@@ -7,8 +7,8 @@ import sys
 import click
 
 from dmlcli import __version__
-from dmlcli.errors import DmlcliError
 from dmlcli.cli.train import train
+from dmlcli.errors import DmlcliError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

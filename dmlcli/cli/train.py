@@ -8,9 +8,9 @@ import click
 from click.core import ParameterSource
 
 from dmlcli.algorithms import REGISTRY
+from dmlcli.errors import UsageError
 from dmlcli.recipe import convert, load_recipe, parse_set
 from dmlcli.runtime.config import SHARED_OPTIONS, make_config
-from dmlcli.errors import UsageError
 
 
 def option_for(param) -> click.Option:

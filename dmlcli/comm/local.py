@@ -26,7 +26,7 @@ class LocalHub:
         self.cond = threading.Condition()
         self.aborted: tuple[int, int] | None = None
 
-    def transports(self) -> list["LocalTransport"]:
+    def transports(self) -> list[LocalTransport]:
         return [LocalTransport(self, rank) for rank in range(self.size)]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from dmlcli.comm.polling import poll_until
+from dmlcli.comm.polling import YIELD_S, poll_until
 
 
 class MPITransport:
@@ -18,11 +18,11 @@ class MPITransport:
     def allreduce(self, buf: np.ndarray) -> None:
         """Sum buf over all ranks, in place."""
         request = self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-        poll_until(request.Test)
+        poll_until(request.Test, YIELD_S)
 
     def bcast(self, buf: np.ndarray, root: int = 0) -> None:
         request = self.comm.Ibcast(buf, root=root)
-        poll_until(request.Test)
+        poll_until(request.Test, YIELD_S)
 
     def bcast_object(self, obj=None, root: int = 0):
         return self.comm.bcast(obj, root=root)
@@ -34,7 +34,7 @@ class MPITransport:
         return self.comm.gather(obj, root=root)
 
     def barrier(self) -> None:
-        poll_until(self.comm.Ibarrier().Test)
+        poll_until(self.comm.Ibarrier().Test, YIELD_S)
 
     # point to point
     def isend(self, buf: np.ndarray, dest: int, tag: int):
@@ -69,7 +69,7 @@ class MPITransport:
         hosts = self.comm.allgather(MPI.Get_processor_name())
         return {
             "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
-            "mpi_standard": "%d.%d" % MPI.Get_version(),
+            "mpi_standard": "{}.{}".format(*MPI.Get_version()),
             "ranks": self.size,
             "hosts": sorted(set(hosts)),
         }

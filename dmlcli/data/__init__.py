@@ -6,7 +6,7 @@
 
 from dmlcli.data.builtin import BUILTIN_DATASETS
 from dmlcli.data.partition import PARTITION_SCHEMES, partition, split_test
-from dmlcli.data.source import DataSource, DatasetInfo
+from dmlcli.data.source import DatasetInfo, DataSource
 from dmlcli.data.specs import open_source
 
 __all__ = ["open_source", "DataSource", "DatasetInfo", "partition", "split_test", "BUILTIN_DATASETS", "PARTITION_SCHEMES"]

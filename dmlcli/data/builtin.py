@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dmlcli.data.source import DataSource, DatasetInfo
+from dmlcli.data.source import DatasetInfo, DataSource
 
 BUILTIN_DATASETS = ("breast_cancer", "digits")
 

@@ -12,7 +12,7 @@ from functools import partial
 
 import numpy as np
 
-from dmlcli.data.source import DataSource, DatasetInfo
+from dmlcli.data.source import DatasetInfo, DataSource
 from dmlcli.data.textfile import numbered_lines, parse_number, read_rows
 from dmlcli.errors import DataError
 

@@ -11,7 +11,7 @@ from array import array
 import numpy as np
 import scipy.sparse as sp
 
-from dmlcli.data.source import DataSource, DatasetInfo
+from dmlcli.data.source import DatasetInfo, DataSource
 from dmlcli.data.textfile import numbered_lines, parse_number, read_rows, shown
 from dmlcli.errors import DataError
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Iterator
+from typing import IO
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.lib import format as npy_format
 
-from dmlcli.data.source import DataSource, DatasetInfo, row_runs
+from dmlcli.data.source import DatasetInfo, DataSource, row_runs
 from dmlcli.errors import DataError
 
 CSR_PARTS = ("data", "indices", "indptr", "shape")

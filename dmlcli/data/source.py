@@ -7,8 +7,8 @@ sorted array without repeats; the base class validates the request and restores 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -79,7 +79,8 @@ class DataSource:
         if d is None or d == info.d:
             return info.d
         if not info.sparse:
-            raise DataError(f"{self.name}: asked for {d} feature columns but this dense data set has {info.d}; only sparse data can be padded")
+            raise DataError(f"{self.name}: asked for {d} feature columns but this dense data set has {info.d}; "
+                            "only sparse data can be padded")
         if d < info.d:
             raise DataError(f"{self.name}: asked for {d} feature columns but the data have {info.d} features; expected at least {info.d}")
         return int(d)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import scipy.sparse as sp
 
-from dmlcli.data.source import DataSource, DatasetInfo, csr_with_width
+from dmlcli.data.source import DatasetInfo, DataSource, csr_with_width
 from dmlcli.errors import DataError
 
 BLOCK_ROWS = 1024

@@ -8,7 +8,8 @@ Files are read as bytes so that offsets are exact whatever the encoding.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import numpy as np
 

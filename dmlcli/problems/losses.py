@@ -6,8 +6,8 @@ so the gradient of the mean loss on a block is Xᵀ dz / m for dense and CSR X a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -28,7 +28,7 @@ class CsvLog:
         self.path = path
         self.columns = (*BASE_COLUMNS, *extra_columns)
         self._fixed = {"run_id": run_id, "algorithm": algorithm}
-        self._file = open(path, "w" if overwrite else "x", newline="")
+        self._file = open(path, "w" if overwrite else "x", newline="")  # noqa: SIM115 - open for the run
         self._writer = csv.writer(self._file)
         self._writer.writerow(self.columns)
         self._file.flush()

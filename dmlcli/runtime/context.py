@@ -51,7 +51,7 @@ class RunContext:
     problem: object  # Problem
     shard: object | None  # None on rank 0
     evaluator: Evaluator
-    recorder: "Recorder | None"  # rank 0 only
+    recorder: Recorder | None  # rank 0 only
     algorithm: object  # SyncAlgorithm or AsyncAlgorithm
     stop: StopRequest = field(default_factory=StopRequest)  # signals reach it on rank 0 only
 
@@ -66,7 +66,7 @@ class RunContext:
     def initial_model(self) -> np.ndarray:
         return np.zeros(self.problem.d)
 
-    def should_stop(self, watch: "Stopwatch") -> bool:
+    def should_stop(self, watch: Stopwatch) -> bool:
         """Rank 0's decision to end the run now: time limit reached, or a stop requested."""
         limit = self.config.time_limit
         return self.stop.requested or (limit is not None and watch.training() >= limit)

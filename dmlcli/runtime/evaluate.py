@@ -20,7 +20,7 @@ class Counters:
     messages: int = 0
     extras: dict = field(default_factory=dict)
 
-    def snapshot(self) -> "Counters":
+    def snapshot(self) -> Counters:
         return Counters(self.round, self.updates, self.samples, self.wall_s, self.eval_s,
                         self.bytes_sent, self.messages, dict(self.extras))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 
@@ -23,10 +24,8 @@ def run_local(config, workers: int, timeout: float = 120.0) -> int:
             pass
         except BaseException as error:  # noqa: BLE001 - handed to the caller below
             errors[transport.rank] = error
-            try:
+            with contextlib.suppress(RankAborted):  # abort raises in the calling rank too
                 transport.abort(1)
-            except RankAborted:
-                pass
 
     threads = [threading.Thread(target=rank, args=(t,), daemon=True) for t in transports]
     for thread in threads:

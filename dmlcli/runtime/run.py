@@ -10,12 +10,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from dmlcli.errors import UsageError
-from dmlcli.report import CsvLog, make_progress, print_summary, software_versions, git_revision, utc_now, write_manifest
+from dmlcli.report import CsvLog, git_revision, make_progress, print_summary, software_versions, utc_now, write_manifest
 from dmlcli.runtime import setup
-from dmlcli.runtime.context import Recorder, RunContext
+from dmlcli.runtime.context import Recorder, RunContext, StopRequest
 from dmlcli.runtime.evaluate import Evaluator
 from dmlcli.runtime.parameter_server import run_async
 from dmlcli.runtime.sync import run_sync
+
 
 class CollectiveUsageError(UsageError):
     """Bad input found at start-up and known to every rank: each exits 2, no abort needed."""
@@ -26,18 +27,17 @@ EXIT_CODES = {"completed": 0, "diverged": 3}  # interrupted: 128 + the signal, a
 
 
 def run_rank(config, transport, summary_stream=None, stop=None) -> int:
-    """Run on this rank; returns the exit code (the same on every rank).
+    """Run on this rank; returns its exit code (rank 0's is the run's: mpiexec reports the worst).
 
     Bad input raises UsageError on every rank, before any file is written. Any other
-    exception propagates: the caller aborts all ranks (see dmlcli.runtime.launch).
+    exception propagates: the caller aborts all ranks (see dmlcli.runtime.launch). `stop` is
+    rank 0's StopRequest, wired to SIGINT/SIGTERM by the caller.
     """
     if transport.size < 2:
         raise CollectiveUsageError(f"{config.algorithm} needs at least 2 MPI ranks (a server and one worker), got {transport.size}")
     # Overflow on the way to divergence is expected: it is caught, as a non-finite objective, at evaluation.
     with threadpool_limits(limits=config.blas_threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        ctx, manifest = _start(config, transport)
-        if stop is not None:
-            ctx.stop = stop
+        ctx, manifest = _start(config, transport, stop or StopRequest())
         loop = LOOPS[setup.REGISTRY[config.algorithm].family]
         if ctx.recorder:
             try:
@@ -53,7 +53,7 @@ def run_rank(config, transport, summary_stream=None, stop=None) -> int:
     return 128 + ctx.stop.signum if status == "interrupted" else EXIT_CODES[status]
 
 
-def _start(config, transport):
+def _start(config, transport, stop):
     rank, workers = transport.rank, transport.size - 1
     if rank == 0:
         try:
@@ -97,7 +97,7 @@ def _start(config, transport):
         progress = make_progress(config.progress, config.rounds, config.time_limit, f"{config.algorithm} ×{workers}")
         recorder = Recorder(log, progress, plan.n_train)
     evaluator = Evaluator(transport, problem, plan.n_test, shard, test)
-    return RunContext(transport, config, plan, problem, shard, evaluator, recorder, algorithm), manifest
+    return RunContext(transport, config, plan, problem, shard, evaluator, recorder, algorithm, stop), manifest
 
 
 def _record_failure(ctx, manifest, error: BaseException) -> None:
