@@ -10,13 +10,15 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from dmlcli.errors import UsageError
 
-# Variables that MPI launchers (MPICH/Hydra, Open MPI, PMIx, MVAPICH, Slurm's srun) set in each rank.
-LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE",
-                      "SLURM_STEP_NUM_TASKS")
+# Variables that MPI launchers set in each rank (MPICH/Hydra, Open MPI, MVAPICH; Slurm's srun through
+# PMI or PMIx). Slurm's own SLURM_* are not among them: a batch script has them without any launcher.
+LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+ABORT_GRACE_S = 0.3  # see rank_main
 # MPICH repeats the failing rank's abort in its own words; the rank already said what went wrong.
 MPICH_ABORT_LINE = re.compile(r"^Abort\(\d+\) on node \d+.*MPI_Abort|^application called MPI_Abort")
 
@@ -96,11 +98,15 @@ def rank_main(config) -> int:
     except KeyboardInterrupt as interrupt:
         code = interrupt.args[0] if interrupt.args else 130
         print("dmlcli: interrupted at once; the CSV keeps every row written so far", file=sys.stderr, flush=True)
+        time.sleep(ABORT_GRACE_S)
         transport.abort(code)
         return code
     except BaseException as error:  # noqa: BLE001 - any failure must end every rank, not hang them
         code = getattr(error, "exit_code", 1)
         detail = str(error) or type(error).__name__
         print(f"dmlcli: rank {transport.rank} failed: {type(error).__name__}: {detail}", file=sys.stderr, flush=True)
+        # mpiexec relays a rank's output through a pipe; an immediate abort can tear the relay
+        # down before it has passed the line on (seen: 7 runs in 25 lost it). Give it a moment.
+        time.sleep(ABORT_GRACE_S)
         transport.abort(code)
         return code
