@@ -84,3 +84,17 @@ def test_shard_batches_cover_the_shard_each_epoch():
     np.testing.assert_array_equal(np.sort(seen), np.arange(10.0))
     X_all, y_all = shard.batch(None)
     assert X_all is X
+
+
+def test_standardisation_keeps_the_digits_of_a_feature_with_a_large_mean():
+    from dmlcli.runtime.config import make_config
+    from dmlcli.runtime.setup import make_preprocessor
+
+    rng = np.random.default_rng(0)
+    X = np.column_stack([1e9 + rng.normal(size=500), rng.normal(size=500)])
+    prepare = make_preprocessor(make_config("ssgd"), X, 2, sparse=False, allreduce=lambda total: None)
+    Z = prepare(X)
+    np.testing.assert_allclose(Z[:, :2].std(axis=0), 1.0, rtol=1e-9)
+    sparse = sp.csr_matrix(X * (rng.random((500, 2)) < 0.3))
+    scaled = make_preprocessor(make_config("ssgd"), sparse, 2, sparse=True, allreduce=lambda total: None)(sparse)
+    np.testing.assert_allclose(scaled[:, :2].toarray().std(axis=0), 1.0, rtol=1e-9)

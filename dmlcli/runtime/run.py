@@ -72,9 +72,7 @@ def _start(config, transport, stop):
         source, X, X_test = setup.load_rows(config, plan, my_rows)
     else:
         source = X = X_test = None
-    moments = setup.column_moments(X, plan.d_features)
-    transport.allreduce(moments)
-    prepare = setup.make_preprocessor(config, moments, plan.d_features, plan.sparse)
+    prepare = setup.make_preprocessor(config, X, plan.d_features, plan.sparse, transport.allreduce)
     shard, test = setup.make_shards(config, plan, my_rows, source, X, X_test, prepare, rank) if my_rows else (None, None)
     problem = setup.make_problem(config, plan)
     spec = setup.REGISTRY[config.algorithm]

@@ -18,6 +18,8 @@ from dmlcli.errors import DataError, UsageError
 from dmlcli.problems import LOSSES, Problem, Shard, make_regularizer
 from dmlcli.runtime.config import RunConfig
 
+SAMPLER_STREAM = 10  # the data module's split and partition streams use tags 1-4
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -131,24 +133,39 @@ class Preprocessor:
         return np.ascontiguousarray(X)
 
 
-def column_moments(X, d: int) -> np.ndarray:
-    """[Σ x, Σ x², count] of a block's columns, summable across workers."""
-    if X is None:
-        return np.zeros(2 * d + 1)
-    squares = X.multiply(X) if sp.issparse(X) else X * X
-    return np.concatenate([np.asarray(X.sum(axis=0)).ravel(), np.asarray(squares.sum(axis=0)).ravel(), [X.shape[0]]])
+def make_preprocessor(config: RunConfig, X, d: int, sparse: bool, allreduce) -> Preprocessor:
+    """The preprocessing every rank applies, from statistics over the whole training set.
 
-
-def make_preprocessor(config: RunConfig, moments: np.ndarray, d: int, sparse: bool) -> Preprocessor:
+    X is this rank's training rows (None on rank 0); `allreduce` sums an array over all ranks
+    in place (a collective, so every rank calls this). The variance takes a second pass over
+    the centred values, so a feature with a large mean and a small spread keeps its digits.
+    """
     if not config.standardize:
         return Preprocessor(None, None, config.fit_intercept)
-    count = moments[-1]
-    mean = moments[:d] / count
-    variance = np.maximum(moments[d:2 * d] / count - mean * mean, 0.0)
-    scale = np.sqrt(variance)
+    totals = np.zeros(d + 1)  # [Σ x, count]
+    if X is not None:
+        totals[:d] = np.asarray(X.sum(axis=0)).ravel()
+        totals[d] = X.shape[0]
+    allreduce(totals)
+    mean = totals[:d] / totals[d]
+    squares = np.zeros(d)  # Σ (x − mean)²
+    if X is not None:
+        squares[:] = centred_squares(X, mean)
+    allreduce(squares)
+    scale = np.sqrt(squares / totals[d])
     scale[scale == 0.0] = 1.0  # a constant column stays as it is (centred to 0 when dense)
     # Centring would fill sparse data: scale only (as scikit-learn's StandardScaler(with_mean=False)).
     return Preprocessor(None if sparse else mean, scale, config.fit_intercept)
+
+
+def centred_squares(X, mean: np.ndarray) -> np.ndarray:
+    """Σ_i (x_ij − mean_j)² per column; for CSR, the stored entries plus mean² for each implicit zero."""
+    if not sp.issparse(X):
+        return ((X - mean) ** 2).sum(axis=0)
+    X = sp.csr_matrix(X)
+    stored = np.bincount(X.indices, weights=(X.data - mean[X.indices]) ** 2, minlength=mean.size)
+    zeros = X.shape[0] - np.bincount(X.indices, minlength=mean.size)
+    return stored + zeros * mean * mean
 
 
 def make_problem(config: RunConfig, plan: Plan) -> Problem:
@@ -167,7 +184,7 @@ def load_rows(config: RunConfig, plan: Plan, rows: WorkerRows):
 
 def make_shards(config: RunConfig, plan: Plan, rows: WorkerRows, source, X, X_test, prepare: Preprocessor, rank: int):
     """The worker's training shard (with its sampler) and test block, preprocessed."""
-    rng = np.random.default_rng([config.seed, rank])
+    rng = np.random.default_rng([config.seed, SAMPLER_STREAM, rank])
     draw = None
     if source.online:
         def draw(generator, m):
@@ -222,5 +239,5 @@ def centralised_problem(config: RunConfig, workers: int = 1):
     plan, rows = plan_run(dataclasses.replace(config, force=True), workers)  # it writes nothing
     blocks = [load_rows(config, plan, part)[1] for part in rows]
     X = sp.vstack(blocks, format="csr") if plan.sparse else np.vstack(blocks)
-    prepare = make_preprocessor(config, column_moments(X, plan.d_features), plan.d_features, plan.sparse)
+    prepare = make_preprocessor(config, X, plan.d_features, plan.sparse, allreduce=lambda total: None)
     return make_problem(config, plan), prepare(X), np.concatenate([part.train_y for part in rows])
