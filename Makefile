@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench hostile lint clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ test: install
 # Per-round time of dmlcli vs a bare mpi4py loop doing the same arithmetic; writes runs/bench.md.
 bench: install
 	$(BIN)/python tests/bench/run_bench.py --out runs/bench.md
+
+# Hostile inputs against the real command line (exit codes, one-line errors, nothing written); writes runs/hostile.md.
+hostile: install
+	$(BIN)/python tests/hostile/run_hostile.py
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff

@@ -45,7 +45,11 @@ def dmlcli_mpi(ranks: int, *args: str, timeout: float = MPI_TIMEOUT_S) -> subpro
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def alone_env() -> dict:
+    """The environment of a process started without an MPI launcher."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "MPI_LOCAL"))}
+
+
 def dmlcli_alone(*args: str, timeout: float = MPI_TIMEOUT_S) -> subprocess.CompletedProcess:
     """`dmlcli ARGS` started without a launcher, as a user would (it starts MPI itself)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "MPI_LOCAL"))}
-    return subprocess.run([str(BIN / "dmlcli"), *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([str(BIN / "dmlcli"), *args], capture_output=True, text=True, timeout=timeout, env=alone_env())

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import os
+import zipfile
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -11,6 +15,9 @@ from dmlcli.data import (
     PARTITION_SCHEMES,
     DatasetInfo,
     DataSource,
+    agree_index_base,
+    csvfile,
+    libsvm,
     npzfile,
     open_source,
     partition,
@@ -215,6 +222,192 @@ def test_libsvm_without_rows_or_features(tmp_path):
         open_source(str(labels_only)).scan()
 
 
+def libsvm_file(tmp_path, text: str, name: str = "data.svm") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("zero", ["0", "0.0", "-0", "0e5", "+0.000"])
+def test_libsvm_zero_valued_index_zero_decides_nothing_and_is_dropped(tmp_path, zero):
+    source = open_source(libsvm_file(tmp_path, f"1 0:{zero} 2:5\n-1 1:2 3:1\n1 0:{zero}\n"))
+    info = source.scan()
+    assert source.index_base == 1 and info.d == 3
+    block = source.rows(np.arange(3))
+    np.testing.assert_array_equal(block.toarray(), [[0, 5, 0], [2, 0, 1], [0, 0, 0]])
+    assert block.nnz == 3  # the index-0 entries are dropped, not stored as column -1 or 0
+
+
+def test_libsvm_nonzero_index_zero_anywhere_makes_the_file_zero_based(tmp_path):
+    source = open_source(libsvm_file(tmp_path, "1 0:0 2:5\n-1 1:2 3:1\n1 0:0.5 1:1\n"))
+    info = source.scan()
+    assert source.index_base == 0 and info.d == 4
+    np.testing.assert_array_equal(source.rows(np.arange(3)).toarray(), [[0, 0, 5, 0], [0, 2, 0, 1], [0.5, 1, 0, 0]])
+
+
+def test_libsvm_with_only_zero_valued_index_zero_has_no_features(tmp_path):
+    with pytest.raises(DataError, match=r"data\.svm: the only feature index is 0, always with value 0"):
+        open_source(libsvm_file(tmp_path, "1 0:0\n-1\n")).scan()
+
+
+def test_open_source_forces_the_index_base(tmp_path):
+    one_based = libsvm_file(tmp_path, "1 1:1 3:2\n-1 2:4\n")
+    source = open_source(one_based, index_base=0)
+    assert source.scan().d == 4 and source.index_base == 0
+    np.testing.assert_array_equal(source.rows(np.arange(2)).toarray(), [[0, 1, 0, 2], [0, 0, 4, 0]])
+    zero_based = libsvm_file(tmp_path, "1 1:1\n# comment\n-1 0:3 2:4\n", "zero.svm")
+    with pytest.raises(DataError, match=r"zero\.svm:3: feature index 0 has a nonzero value but the file is read 1-based"):
+        open_source(zero_based, index_base=1).scan()
+    with pytest.raises(ValueError, match="index_base"):
+        open_source(one_based, index_base=2)
+
+
+def test_index_base_is_none_for_every_other_kind_of_data(tmp_path):
+    (tmp_path / "table.csv").write_text("label,x\n1,2\n")
+    np.savez(tmp_path / "arrays.npz", X=np.ones((2, 2)), y=np.zeros(2))
+    for spec in ("breast_cancer", "synthetic:n=5,d=2", str(tmp_path / "table.csv"), str(tmp_path / "arrays.npz")):
+        source = open_source(spec, index_base=0)
+        source.scan()
+        assert source.index_base is None
+    assert agree_index_base([open_source("breast_cancer"), open_source(str(tmp_path / "arrays.npz"))]) is None
+
+
+@pytest.mark.parametrize("zero_based_file", ["train", "test"])
+def test_agree_index_base_reads_train_and_test_with_one_base(tmp_path, zero_based_file):
+    texts = {"train": "1 1:1 2:2\n-1 3:3\n", "test": "1 2:7\n-1 0:0 1:1\n"}
+    texts[zero_based_file] += "1 0:9\n"
+    train = open_source(libsvm_file(tmp_path, texts["train"], "train.svm"))
+    test = open_source(libsvm_file(tmp_path, texts["test"], "test.svm"))
+    # Each file alone decides its own base, and the other one would be shifted by a column.
+    alone = {"train": (1, 3), "test": (1, 2), zero_based_file: (0, 4 if zero_based_file == "train" else 3)}
+    assert (train.scan().d, test.scan().d) == (alone["train"][1], alone["test"][1])
+    assert (train.index_base, test.index_base) == (alone["train"][0], alone["test"][0])
+    assert agree_index_base([train, test]) == 0
+    assert (train.index_base, test.index_base) == (0, 0)
+    assert (train.scan().d, test.scan().d) == (4, 3)
+    np.testing.assert_array_equal(train.rows(np.arange(2), d=4).toarray(), [[0, 1, 2, 0], [0, 0, 0, 3]])
+    np.testing.assert_array_equal(test.rows(np.arange(2), d=4).toarray(), [[0, 0, 7, 0], [0, 1, 0, 0]])
+
+
+def test_agree_index_base_keeps_one_based_files_and_skips_other_sources(tmp_path):
+    train = open_source(libsvm_file(tmp_path, "1 0:0 1:1 2:2\n-1 3:3\n", "train.svm"))
+    test = open_source(libsvm_file(tmp_path, "1 2:7\n", "test.svm"), index_base=0)
+    assert agree_index_base([train, open_source("breast_cancer"), test]) == 1
+    assert (train.index_base, test.index_base) == (1, 1)
+    assert (train.scan().d, test.scan().d) == (3, 2)
+    np.testing.assert_array_equal(test.rows(np.arange(1), d=3).toarray(), [[0, 7, 0]])
+
+
+def test_agree_index_base_does_not_read_the_files_again(tmp_path):
+    train_path = libsvm_file(tmp_path, "1 1:1 5:2\n", "train.svm")
+    train = open_source(train_path)
+    test = open_source(libsvm_file(tmp_path, "1 0:1\n", "test.svm"))
+    train.scan(), test.scan()
+    labels = train.scan().y
+    (tmp_path / "train.svm").unlink()
+    assert agree_index_base([train, test]) == 0
+    assert train.scan().d == 6 and train.scan().y is labels and not train.scan().y.flags.writeable
+
+
+def test_libsvm_read_one_based_refuses_a_nonzero_index_zero_that_appeared_after_the_scan(tmp_path):
+    path = libsvm_file(tmp_path, "1 0:0 1:1\n-1 2:2\n")
+    source = open_source(path)
+    source.scan()
+    (tmp_path / "data.svm").write_text("1 0:3 1:1\n-1 2:2\n")
+    with pytest.raises(DataError, match="changed since it was scanned: a row now has a nonzero value at feature index 0"):
+        source.rows(np.arange(2))
+    (tmp_path / "data.svm").write_text("1 1:1\n-1 9:2\n")
+    with pytest.raises(DataError, match="changed since it was scanned: feature index 9 is beyond the 2 columns"):
+        source.rows(np.arange(2))
+
+
+@pytest.mark.parametrize("text, line", [("1 1:1 2:2\r-1 3:1\r", 1), ("1 1:1\n-1 2:1\r1 3:1\n", 2),
+                                        ("1 1:1 # comment\rwith a CR\n", 1), ("1 1:1\n\r\r\n", 2)])
+def test_libsvm_carriage_return_inside_a_line(tmp_path, text, line):
+    path = tmp_path / "mac.svm"
+    path.write_bytes(text.encode())
+    with pytest.raises(DataError) as caught:
+        open_source(str(path)).scan()
+    assert str(caught.value) == (f"{path}:{line}: carriage return inside a line: the file seems to use CR line endings; "
+                                 "expected LF or CRLF")
+
+
+def test_libsvm_crlf_line_endings_are_accepted(tmp_path):
+    path = tmp_path / "windows.svm"
+    path.write_bytes(b"1 1:1 2:2\r\n\r\n-1 3:1.5 # comment\r\n")
+    source = open_source(str(path))
+    np.testing.assert_array_equal(source.scan().y, [1, -1])
+    np.testing.assert_array_equal(source.rows(np.array([1, 0])).toarray(), [[0, 0, 1.5], [1, 2, 0]])
+
+
+@pytest.mark.parametrize("token, fragment", [
+    ("1_0:1", "feature index '1_0' is not an integer"),
+    ("+2:1", "feature index '+2' is not an integer"),
+    ("1.0:1", "feature index '1.0' is not an integer"),
+    ("0x1:1", "feature index '0x1' is not an integer"),
+    ("\u0661:1", "feature index '\u0661' is not an integer"),
+    (":1", "feature index '' is not an integer"),
+    ("2147483648:1", "feature index 2147483648 is above 2147483647"),
+    ("9" * 5000 + ":1", "feature index 99999"),
+    ("1:1_0", "value of feature 1 '1_0' is not a number"),
+    ("1:0x10", "value of feature 1 '0x10' is not a number"),
+    ("1:1.2.3", "value of feature 1 '1.2.3' is not a number"),
+    ("1:1e", "value of feature 1 '1e' is not a number"),
+    ("1:", "value of feature 1 '' is not a number"),
+    ("1:--1", "value of feature 1 '--1' is not a number"),
+    ("1:infinity", "value of feature 1 is infinity; expected a finite number"),
+    ("1:-Inf", "value of feature 1 is -Inf; expected a finite number"),
+    ("1:+nan", "value of feature 1 is +nan; expected a finite number"),
+    ("1:1e999", "value of feature 1 is 1e999, beyond the float64 range"),
+])
+def test_libsvm_numbers_are_parsed_strictly(tmp_path, token, fragment):
+    path = tmp_path / "strict.svm"
+    path.write_text(f"1 1:1\n-1 {token}\n", encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        open_source(str(path)).scan()
+    message = str(caught.value)
+    assert message.startswith(f"{path}:2: ") and fragment in message and len(message) < 200
+
+
+def test_libsvm_labels_are_parsed_strictly(tmp_path):
+    with pytest.raises(DataError, match=r"strict\.svm:1: label '1_0' is not a number"):
+        open_source(libsvm_file(tmp_path, "1_0 1:1\n", "strict.svm")).scan()
+    with pytest.raises(DataError, match=r"strict\.svm:1: label is nan; expected a finite number"):
+        open_source(libsvm_file(tmp_path, "nan 1:1\n", "strict.svm")).scan()
+
+
+def test_libsvm_plain_number_forms_are_accepted(tmp_path):
+    source = open_source(libsvm_file(tmp_path, "+1 1:-.5 2:2. 0003:1E+3\n-1.0e0 2:1e-400 4:+7\n"))
+    np.testing.assert_array_equal(source.scan().y, [1, -1])
+    np.testing.assert_array_equal(source.rows(np.arange(2)).toarray(), [[-0.5, 2, 1000, 0], [0, 0, 0, 7]])
+
+
+def outcome(parse, *arguments):
+    """What a line parser makes of a line: its result (arrays as lists) or its error message."""
+    try:
+        result = parse(*arguments)
+    except DataError as error:
+        return str(error)
+    return result.tolist() if isinstance(result, np.ndarray) else result
+
+
+@pytest.mark.parametrize("line", [b"1 1:2", b"+1\t0003:1E+3  7:-.5 # note", b"-2.5", b"  ", b"# only a comment", b"1 00000000001:1",
+                                  b"1 2147483647:1", b"1 2147483648:1", b"1 1:1e999", b"1 2:1 1:1", b"1 1:1_0", b"1e999 1:1"])
+def test_libsvm_whole_line_fast_path_agrees_with_the_token_checks(line):
+    """parse_libsvm_line takes well-formed lines in one match; it must accept and refuse exactly what the token checks do."""
+    expected = outcome(libsvm.parse_libsvm_tokens, line.split(b"#")[0], "here")
+    assert outcome(libsvm.parse_libsvm_line, line + b"\n", "here") == expected
+    assert not isinstance(expected, str) or expected.startswith("here: ")
+
+
+@pytest.mark.parametrize("line", [b"1,2,3", b" +1 ,\t.5, 2e-3 ", b"1,2", b"1,2,3,4", b"1,,3", b"   ", b"1,1e999,3", b"1,1_0,3",
+                                  b"1,inf,3", b"1, 2 3,4"])
+def test_csv_whole_line_fast_path_agrees_with_the_field_checks(line):
+    """parse_csv_line converts well-formed lines at once; it must accept and refuse exactly what the field checks do."""
+    expected = outcome(csvfile.parse_csv_fields, line, "here", 3)
+    assert outcome(csvfile.parse_csv_line, line + b"\r\n", "here", 3) == expected
+
+
 # ---------------------------------------------------------------- CSV
 
 
@@ -279,6 +472,146 @@ def test_text_file_changed_after_scan_is_reported(tmp_path):
     path.write_text("1,2\n\n\n\n\n")
     with pytest.raises(DataError, match="changed since it was scanned"):
         source.rows(np.array([1, 2]))
+
+
+@pytest.mark.parametrize("text, line", [("label,x\r1,2\r0,3\r", 1), ("1,2\n3,4\r5,6\n", 2), ("1,2\r\n3,4\r\r\n", 2)])
+def test_csv_carriage_return_inside_a_line(tmp_path, text, line):
+    path = tmp_path / "mac.csv"
+    path.write_bytes(text.encode())
+    with pytest.raises(DataError) as caught:
+        open_source(str(path)).scan()
+    assert str(caught.value) == (f"{path}:{line}: carriage return inside a line: the file seems to use CR line endings; "
+                                 "expected LF or CRLF")
+
+
+@pytest.mark.parametrize("field, fragment", [
+    ("1_0", "column 2 '1_0' is not a number"),
+    ("0x1", "column 2 '0x1' is not a number"),
+    ("1 2", "column 2 '1 2' is not a number"),
+    ("\u0661", "column 2 '\u0661' is not a number"),
+    ("Infinity", "column 2 is Infinity; expected a finite number"),
+    ("-1e400", "column 2 is -1e400, beyond the float64 range"),
+])
+def test_csv_numbers_are_parsed_strictly(tmp_path, field, fragment):
+    path = tmp_path / "strict.csv"
+    path.write_text(f"label,a,b\n1,2,3\n0,{field},3\n", encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        open_source(str(path)).scan()
+    assert str(caught.value).startswith(f"{path}:3: ") and fragment in str(caught.value)
+
+
+def test_csv_first_line_with_an_underscore_number_is_data_not_a_header(tmp_path):
+    path = tmp_path / "first.csv"
+    path.write_text("1,1_0\n0,2\n")
+    with pytest.raises(DataError, match=r"first\.csv:1: column 2 '1_0' is not a number"):
+        open_source(str(path)).scan()
+
+
+def test_csv_spaces_around_fields_are_allowed(tmp_path):
+    path = tmp_path / "spaced.csv"
+    path.write_text(" label , x \n 1 , +2.5 \n0,\t-3e1\t\n")
+    source = open_source(str(path))
+    np.testing.assert_array_equal(source.scan().y, [1, 0])
+    np.testing.assert_array_equal(source.rows(np.arange(2)), [[2.5], [-30]])
+
+
+def test_csv_wide_header_without_label_is_reported_briefly(tmp_path):
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(f"f{column}" for column in range(5001)) + "\n" + ",".join(["1"] * 5001) + "\n")
+    with pytest.raises(DataError) as caught:
+        open_source(str(path)).scan()
+    message = str(caught.value)
+    assert f"{path}:1: no label column in header (5001 columns: f0, f1, f2, ..., f5000); expected" in message
+    assert len(message) < 250
+
+
+def test_csv_many_label_columns_and_long_names_are_reported_briefly(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text(",".join(["y"] * 3000) + "\n" + ",".join(["1"] * 3000) + "\n")
+    with pytest.raises(DataError) as caught:
+        open_source(str(path)).scan()
+    assert "several label columns in header (3000 columns: y, y, y, ..., y)" in str(caught.value)
+    path.write_text("x" * 100000 + ",\x1b[2Jz\n1,2\n")
+    with pytest.raises(DataError) as caught:
+        open_source(str(path)).scan()
+    message = str(caught.value)
+    assert f"no label column in header ({'x' * 37}..., \\x1b[2Jz)" in message and len(message) < 250
+
+
+def test_csv_header_that_is_not_utf8_still_finds_the_label(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("temp\xe9rature,label\n1.5,1\n2.5,0\n".encode("latin-1"))
+    source = open_source(str(path))
+    np.testing.assert_array_equal(source.scan().y, [1, 0])
+    np.testing.assert_array_equal(source.rows(np.arange(2)), [[1.5], [2.5]])
+    path.write_bytes(b"temp\xe9rature,x\n1,2\n")
+    with pytest.raises(DataError, match="no label column in header \\(temp\ufffdrature, x\\)"):
+        open_source(str(path)).scan()
+
+
+def test_csv_row_with_only_a_label(tmp_path):
+    path = tmp_path / "short.csv"
+    path.write_text("label,x\n1,2\n0\n")
+    with pytest.raises(DataError, match=r"short\.csv:3: 1 fields; expected 2"):
+        open_source(str(path)).scan()
+
+
+@pytest.mark.parametrize("name", ["utf16.csv", "utf16.svm"])
+def test_text_files_with_nul_bytes_are_called_binary_or_utf16(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes("label,x\n1,2\n".encode("utf-16") if name.endswith(".csv") else b"1 1:1\n-1 2:\x001\n")
+    line = 1 if name.endswith(".csv") else 2
+    with pytest.raises(DataError, match=rf"{name}:{line}: NUL byte inside a line: the file seems to be binary or UTF-16"):
+        open_source(str(path)).scan()
+
+
+@pytest.mark.parametrize("name, fragment", [("empty.svm", "no data rows"), ("empty.csv", "no data rows"),
+                                            ("empty.npz", "not a readable .npz archive")])
+def test_empty_files(tmp_path, name, fragment):
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(DataError, match=f"{name}: {fragment}"):
+        open_source(str(tmp_path / name)).scan()
+
+
+@pytest.mark.parametrize("text", ["1 1:1\n-1 " + "2:1 " * 30 + "\n", "label,x\n" + "1," * 40 + "1\n"])
+def test_text_lines_longer_than_the_limit(tmp_path, monkeypatch, text):
+    monkeypatch.setattr(textfile, "_MAX_LINE_BYTES", 64)
+    path = tmp_path / ("long.svm" if text.startswith("1 1:1") else "long.csv")
+    path.write_text(text)
+    with pytest.raises(DataError, match=rf"{path.name}:2: line longer than 64 bytes; expected one data row per line"):
+        open_source(str(path)).scan()
+    path.write_text(text.replace("\n", "\r"))
+    with pytest.raises(DataError, match=rf"{path.name}:1: carriage return inside a line"):
+        open_source(str(path)).scan()
+
+
+def test_text_file_replaced_by_a_directory_after_opening(tmp_path):
+    path = tmp_path / "gone.svm"
+    path.write_text("1 1:1\n")
+    source = open_source(str(path))
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(DataError, match=r"^cannot read data file .*gone\.svm: "):
+        source.scan()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files without read permission")
+def test_text_file_without_read_permission(tmp_path):
+    path = tmp_path / "locked.csv"
+    path.write_text("1,2\n")
+    path.chmod(0)
+    with pytest.raises(DataError, match=r"cannot read data file .*locked\.csv: Permission denied"):
+        open_source(str(path)).scan()
+
+
+def test_csv_changed_width_after_scan_is_reported(tmp_path):
+    path = tmp_path / "moving.csv"
+    path.write_text("1,2\n3,4\n")
+    source = open_source(str(path))
+    source.scan()
+    path.write_text("1,2,3\n4,5\n")
+    with pytest.raises(DataError, match=r"moving\.csv \(data rows 0-1\): 3 fields; expected 2"):
+        source.rows(np.arange(2))
 
 
 # ---------------------------------------------------------------- NPZ
@@ -399,6 +732,146 @@ def test_npz_that_is_not_a_zip(tmp_path):
     path.write_text("hello")
     with pytest.raises(DataError, match="fake.npz: not a readable .npz"):
         open_source(str(path)).scan()
+
+
+def patch_zip_headers(path, *, method: int | None = None, flag_bits: int = 0, extract_version: int | None = None) -> None:
+    """Rewrite every local and central header of a zip file in place.
+
+    Sets the compression method and/or ORs in general-purpose flag bits (bit 0: encrypted), or sets
+    the central "version needed to extract": how archives that zipfile cannot read are made without other tools.
+    """
+    data = bytearray(path.read_bytes())
+    layouts = ((b"PK\x03\x04", 6, 8, None), (b"PK\x01\x02", 8, 10, 6))  # signature, flags, method, version offsets
+    for signature, flags_at, method_at, version_at in layouts:
+        start = data.find(signature)
+        while start != -1:
+            flags = int.from_bytes(data[start + flags_at:start + flags_at + 2], "little") | flag_bits
+            data[start + flags_at:start + flags_at + 2] = flags.to_bytes(2, "little")
+            if method is not None:
+                data[start + method_at:start + method_at + 2] = method.to_bytes(2, "little")
+            if extract_version is not None and version_at is not None:
+                data[start + version_at:start + version_at + 2] = extract_version.to_bytes(2, "little")
+            start = data.find(signature, start + 4)
+    path.write_bytes(data)
+
+
+def npy_bytes(header: str, data: bytes) -> bytes:
+    """A version 1.0 .npy member with a hand-written header dictionary, to say what np.save never would."""
+    text = header.encode("latin-1")
+    text += b" " * (15 - (10 + len(text)) % 16) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + data
+
+
+def write_members(path, members: dict) -> None:
+    """An .npz whose members are arrays (saved with np.save, pickles allowed) or raw .npy bytes."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, content in members.items():
+            if not isinstance(content, bytes):
+                buffer = io.BytesIO()
+                np.save(buffer, content, allow_pickle=True)
+                content = buffer.getvalue()
+            archive.writestr(f"{key}.npy", content)
+
+
+@pytest.mark.parametrize("patch, fragment", [
+    (dict(method=9), "array X uses an unsupported zip compression (method 9: "),
+    (dict(method=99), "array X uses an unsupported zip compression (method 99: "),
+    (dict(flag_bits=0x1), "array X is encrypted; expected an archive without a password"),
+    (dict(flag_bits=0x40), "array X uses an unsupported zip compression (method 0: strong encryption"),
+    (dict(extract_version=114), "uses a zip feature that cannot be read (zip file version 11.4)"),
+])
+def test_npz_zip_features_that_cannot_be_read(tmp_path, patch, fragment):
+    path = tmp_path / "odd.npz"
+    np.savez(path, X=np.arange(6.0).reshape(3, 2), y=np.zeros(3))
+    patch_zip_headers(path, **patch)
+    with pytest.raises(DataError) as caught:
+        open_source(str(path)).scan()
+    assert str(caught.value).startswith(f"{path}: ") and fragment in str(caught.value)
+
+
+def test_npz_corrupt_member_data(tmp_path):
+    path = tmp_path / "corrupt.npz"
+    features = np.arange(40.0).reshape(10, 4)
+    np.savez(path, X=features, y=np.zeros(10))
+    data = bytearray(path.read_bytes())
+    data[data.find(features[5].tobytes())] ^= 1
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=r"corrupt\.npz: not a readable \.npz archive \(Bad CRC-32 for file 'X\.npy'\)"):
+        open_source(str(path)).scan()
+
+
+_CSR_EYE = dict(data=np.ones(3), indices=np.arange(3), indptr=np.arange(4), shape=np.array([3, 3]), y=np.zeros(3))
+_F8_HEADER = "{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}"
+
+
+@pytest.mark.parametrize("members, fragment", [
+    (dict(_CSR_EYE, format=np.array(["csr"], dtype=object)), "array format has dtype object; expected a string"),
+    (dict(_CSR_EYE, format=np.array(["csr", "csc"])), "array format has shape (2,); expected a single string"),
+    (dict(_CSR_EYE, format=np.array(1.0)), "array format has dtype float64; expected a string"),
+    (dict(_CSR_EYE, format=npy_bytes("{'descr': '<U1', 'fortran_order': False, 'shape': (), }", b"\xff" * 4)),
+     "sparse format is '\ufffd'; expected 'csr'"),
+    (dict(_CSR_EYE, format=np.array(b"\xffcsr")), "sparse format is '\ufffdcsr'"),
+    (dict(X=np.array([[1.0, None]], dtype=object), y=np.zeros(1)), "array X has dtype object; expected real numbers"),
+    (dict(X=np.ones((3, 2)), y=np.array([1, None, 2], dtype=object)), "array y has dtype object"),
+    (dict(_CSR_EYE, indices=np.array([0, 1, 2], dtype=object)), "array indices has dtype object; expected integers"),
+    (dict(X=np.zeros((2, 2), dtype="M8[s]"), y=np.zeros(2)), "array X has dtype datetime64[s]"),
+    (dict(X=np.zeros((2, 2), dtype=[(f"field{i}", "<f8") for i in range(200)]), y=np.zeros(2)), "array X has dtype [('field0'"),
+    (dict(X=np.array(1.0), y=np.zeros(1)), "X has shape (); expected a 2-D array"),
+    (dict(X=np.ones((3, 2)), y=np.array(1.0)), "array y has shape (); expected a 1-D array"),
+    (dict(_CSR_EYE, shape=np.array(3)), "array shape has shape (); expected a 1-D array"),
+    (dict(_CSR_EYE, shape=np.array([3, 3, 1])), "shape has 3 entries; expected 2"),
+    (dict(_CSR_EYE, shape=np.array([3.0, 3.0])), "array shape has dtype float64; expected integers"),
+    (dict(_CSR_EYE, shape=np.array([2**62, 3])), "indptr has 4 entries; expected 4611686018427387905"),
+    (dict(_CSR_EYE, indptr=np.array([0, 1, 2, 2**64 - 1], dtype=np.uint64)), "indptr is not a row pointer"),
+    (dict(X=np.ones((3, 2)), y=np.array([b"a", b"b", b"c"])), "array y has dtype |S1; expected real numbers"),
+    (dict(_CSR_EYE, data=np.array(["1", "2", "3"])), "array data has dtype <U1; expected real numbers"),
+    (dict(X=npy_bytes(_F8_HEADER.format(shape=(2**62, 2**62)), bytes(48)), y=np.zeros(3)), "array X is truncated"),
+    (dict(X=np.ones((3, 2)), y=npy_bytes(_F8_HEADER.format(shape=(2**62,)), bytes(24))), "array y is truncated"),
+    (dict(X=npy_bytes(_F8_HEADER.format(shape=(3, 2)), bytes(40)), y=np.zeros(3)), "array X is truncated; expected 6 elements"),
+    (dict(X=npy_bytes(_F8_HEADER.format(shape=(-1, 2)), bytes(16)), y=np.zeros(3)), "array X has no valid .npy header (shape (-1, 2))"),
+    (dict(X=npy_bytes("__import__('os')", bytes(16)), y=np.zeros(3)), "array X has no valid .npy header"),
+    (dict(X=npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (3, 2", bytes(48)), y=np.zeros(3)), "no valid .npy header"),
+    (dict(X=npy_bytes("{b'descr': '<f8', 'fortran_order': False, 'shape': (3, 2), }", bytes(48)), y=np.zeros(3)), "no valid .npy header"),
+    (dict(X=npy_bytes("{'descr': ',f8', 'fortran_order': False, 'shape': (3, 2), }", bytes(48)), y=np.zeros(3)), "no valid .npy header"),
+    (dict(X=npy_bytes(_F8_HEADER.format(shape="(1" + "+1" * 3000 + ",)"), bytes(48)), y=np.zeros(3)), "no valid .npy header"),
+    (dict(X=b"\x93NUMPY\x03\x00" + bytes(8), y=np.zeros(3)), "array X uses .npy format version 3.0"),
+    (dict(X=b"", y=np.zeros(3)), "array X has no valid .npy header"),
+    (dict(X=np.array([[np.longdouble(1e300) ** 2]]), y=np.zeros(1)), "X[0, 0] is "),
+    (dict(X=np.ones((1, 1)), y=np.array([-np.longdouble(1e300) ** 2])), "y[0] is "),
+])
+def test_npz_hostile_members(tmp_path, members, fragment):
+    path = tmp_path / "hostile.npz"
+    write_members(path, members)
+    with pytest.raises(DataError) as caught:
+        open_source(str(path)).scan()
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and fragment in message and len(message) < 250
+
+
+def test_npz_listing_many_arrays_is_brief(tmp_path):
+    path = tmp_path / "many.npz"
+    np.savez(path, **{f"array{index:04d}": np.zeros(1) for index in range(500)})
+    with pytest.raises(DataError) as caught:
+        open_source(str(path)).scan()
+    message = str(caught.value)
+    assert "holds 500 arrays: array0000, array0001, array0002, ..., array0499; expected arrays X and y" in message
+
+
+def test_npz_changed_after_scan_is_reported(tmp_path):
+    path = tmp_path / "moving.npz"
+    np.savez(path, X=np.ones((4, 2)), y=np.zeros(4))
+    source = open_source(str(path))
+    source.scan()
+    np.savez(path, X=np.ones((4, 3)), y=np.zeros(4))
+    with pytest.raises(DataError, match=r"moving\.npz changed since it was scanned: X has shape \(4, 3\), expected \(4, 2\)"):
+        source.rows(np.arange(2))
+    sparse_path = tmp_path / "moving_sparse.npz"
+    np.savez(sparse_path, **_CSR_EYE)
+    source = open_source(str(sparse_path))
+    source.scan()
+    np.savez(sparse_path, **dict(_CSR_EYE, data=np.ones(4), indices=np.array([0, 1, 2, 7]), indptr=np.array([0, 1, 2, 4])))
+    with pytest.raises(DataError, match=r"changed since it was scanned: indices has shape \(4,\), expected \(3,\)"):
+        source.rows(np.arange(3))
 
 
 # ---------------------------------------------------------------- specs and row requests

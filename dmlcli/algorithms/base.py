@@ -10,11 +10,14 @@ The runtime owns the loop and the messages; an algorithm only says what each ran
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import click
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,17 @@ class Param:
     type: Any  # a click type or a Python type click understands
     default: Any
     help: str
+    allow_non_finite: bool = False  # NaN and ±inf are refused unless the parameter gives them a meaning
+
+    def problem_with(self, value: Any) -> str | None:
+        """Why a value its type converted is still unusable, or None. Flags, --set and recipes all
+        check with this, whatever the type: click's FloatRange lets NaN through (every comparison
+        with NaN is false), and Python's integers are unbounded where NumPy's, MPI's and TOML's are not."""
+        if isinstance(value, float) and not math.isfinite(value) and not self.allow_non_finite:
+            return f"{value} is not a finite number"
+        if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+            return f"{value} does not fit in a 64-bit integer"
+        return None
 
 
 @dataclass(frozen=True)

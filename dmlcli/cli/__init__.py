@@ -31,19 +31,30 @@ cli.add_command(train)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: usage errors are one line and exit 2, never a traceback."""
+    """Console entry point: usage errors are one line and exit 2, never a traceback.
+
+    Under `mpiexec -n P dmlcli ...` every rank parses the same command line and meets the same
+    error; rank 0 alone says so, the others exit with the same code silently.
+    """
     try:
         code = cli.main(args=argv, prog_name="dmlcli", standalone_mode=False)
     except click.exceptions.Exit as done:
         code = done.exit_code
     except click.exceptions.Abort:
-        click.echo("dmlcli: interrupted", err=True)
+        _say("dmlcli: interrupted")
         code = 130
     except click.ClickException as error:
         where = f"{error.ctx.command_path}: " if getattr(error, "ctx", None) else "dmlcli: "
-        click.echo(f"{where}error: {error.format_message()}", err=True)
+        _say(f"{where}error: {error.format_message()}")
         code = error.exit_code
     except DmlcliError as error:
-        click.echo(f"dmlcli: error: {error}", err=True)
+        _say(f"dmlcli: error: {error}")
         code = error.exit_code
     sys.exit(code or 0)
+
+
+def _say(line: str) -> None:
+    from dmlcli.runtime.launch import launcher_rank
+
+    if launcher_rank() in (None, 0):
+        click.echo(line, err=True)

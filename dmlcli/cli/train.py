@@ -9,8 +9,11 @@ from click.core import ParameterSource
 
 from dmlcli.algorithms import REGISTRY
 from dmlcli.errors import UsageError
-from dmlcli.recipe import convert, load_recipe, parse_set
+from dmlcli.recipe import recipe_options, set_options
 from dmlcli.runtime.config import SHARED_OPTIONS, make_config
+
+# Workers dmlcli starts itself, on this machine; larger runs belong under the site's mpirun or srun.
+MAX_LAUNCHED_WORKERS = 1024
 
 
 def option_for(param) -> click.Option:
@@ -21,7 +24,19 @@ def option_for(param) -> click.Option:
         return click.Option([*decls, param.name], is_flag=True, default=param.default, help=param.help,
                             show_default=param.default)
     return click.Option([flag, param.name], type=param.type, default=param.default, help=param.help,
-                        show_default=param.default is not None)
+                        show_default=param.default is not None, callback=_value_check(param))
+
+
+def _value_check(param):
+    """The check recipes and --set also make after converting (see Param.problem_with), for the flag."""
+
+    def check(ctx, option, value):
+        problem = param.problem_with(value)
+        if problem:
+            raise click.BadParameter(problem, ctx, option)
+        return value
+
+    return check
 
 
 COMMON_OPTIONS = [
@@ -37,13 +52,9 @@ def resolve(ctx: click.Context, algorithm: str, values: dict):
     known = {p.name: p for p in (*SHARED_OPTIONS, *spec.params)}
     recipe_path, pairs = values.pop("recipe"), values.pop("set_pairs")
     given: dict = {}
-    if recipe_path:
-        recipe = load_recipe(recipe_path)
-        named = recipe.pop("algorithm", algorithm)
-        if named != algorithm:
-            raise UsageError(f"recipe {recipe_path} is for {named!r}, not {algorithm!r}")
-        given.update(convert(recipe, known, f"recipe {recipe_path}"))
-    given.update(convert(parse_set(pairs), known, "--set"))
+    if recipe_path is not None:
+        given.update(recipe_options(recipe_path, known, algorithm))
+    given.update(set_options(pairs, known))
     for name, value in values.items():
         if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
             given[name] = value
@@ -60,6 +71,9 @@ def make_train_command(spec) -> click.Command:
         if not launch.under_launcher():
             from dmlcli.runtime.setup import precheck
 
+            if config.workers > MAX_LAUNCHED_WORKERS:
+                raise UsageError(f"--workers {config.workers}: dmlcli starts at most {MAX_LAUNCHED_WORKERS} workers "
+                                 "itself; start larger runs under mpirun or srun")
             precheck(config)
             sys.exit(launch.relaunch(sys.argv[1:], config.workers + 1, config.blas_threads))
         if "workers" in given:

@@ -14,6 +14,8 @@ import numpy as np
 
 from dmlcli.comm import RankAborted
 
+REDUCTIONS = {"sum": np.sum, "max": np.max}
+
 
 class LocalHub:
     """State shared by the threads of one in-process run."""
@@ -77,9 +79,8 @@ class LocalTransport:
         except threading.BrokenBarrierError:
             raise RankAborted(f"rank {self.hub.aborted[0]} aborted") from None
 
-    def allreduce(self, buf: np.ndarray) -> None:
-        total = np.sum(self._meet(buf.copy()), axis=0)
-        buf[...] = total
+    def allreduce(self, buf: np.ndarray, op: str = "sum") -> None:
+        buf[...] = REDUCTIONS[op](self._meet(buf.copy()), axis=0)
 
     def bcast(self, buf: np.ndarray, root: int = 0) -> None:
         buf[...] = self._meet(buf.copy())[root]

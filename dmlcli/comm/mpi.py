@@ -7,6 +7,8 @@ from mpi4py import MPI
 
 from dmlcli.comm.polling import YIELD_S, poll_until
 
+REDUCTIONS = {"sum": MPI.SUM, "max": MPI.MAX}
+
 
 class MPITransport:
     def __init__(self, comm=None):
@@ -15,9 +17,9 @@ class MPITransport:
         self.size = self.comm.Get_size()
 
     # collectives
-    def allreduce(self, buf: np.ndarray) -> None:
-        """Sum buf over all ranks, in place."""
-        request = self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+    def allreduce(self, buf: np.ndarray, op: str = "sum") -> None:
+        """Reduce buf over all ranks in place: op "sum" or "max"."""
+        request = self.comm.Iallreduce(MPI.IN_PLACE, buf, op=REDUCTIONS[op])
         poll_until(request.Test, YIELD_S)
 
     def bcast(self, buf: np.ndarray, root: int = 0) -> None:

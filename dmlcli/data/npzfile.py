@@ -9,17 +9,22 @@ Labels, the CSR row pointer and the shape are O(n) and read whole.
 
 from __future__ import annotations
 
+import lzma
+import math
+import sys
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, NoReturn
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.lib import format as npy_format
 
+from dmlcli.data.messages import shown, shown_list
 from dmlcli.data.source import DatasetInfo, DataSource, row_runs
 from dmlcli.errors import DataError
 
@@ -31,6 +36,10 @@ _CSR_RUN_ROWS = 4096
 _HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
 _REAL_KINDS = "biuf"
 _INTEGER_KINDS = "iu"
+_TEXT_KINDS = "SU"
+_KIND_NAMES = {_REAL_KINDS: "real numbers", _INTEGER_KINDS: "integers", _TEXT_KINDS: "a string"}
+# Bit 0 of a zip entry's general-purpose flags: the entry is encrypted.
+_ENCRYPTED_FLAG = 0x1
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,13 @@ class ArrayHeader:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        # Python integers: a hostile header's shape could overflow int64.
+        return math.prod(self.shape)
+
+    @property
+    def shown_shape(self) -> str:
+        """The shape for an error message, cut short like any other file content."""
+        return shown(str(self.shape))
 
 
 @contextmanager
@@ -53,10 +68,14 @@ def open_archive(path: str) -> Iterator[zipfile.ZipFile]:
     try:
         with zipfile.ZipFile(path) as archive:
             yield archive
-    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
-        raise DataError(f"{path}: not a readable .npz archive ({error})") from None
+    # UnicodeDecodeError: a member name flagged UTF-8 that is not; LZMAError: a corrupt LZMA member.
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a readable .npz archive ({shown(str(error), 80)})") from None
+    except NotImplementedError as error:  # e.g. an archive that needs a newer zip version than zipfile reads
+        raise DataError(f"{path}: uses a zip feature that cannot be read ({shown(str(error), 80)}); "
+                        "expected an archive as np.savez writes") from None
     except OSError as error:
-        raise DataError(f"cannot read data file {path}: {error.strerror or error}") from None
+        raise DataError(f"cannot read data file {path}: {error.strerror or shown(str(error), 80)}") from None
 
 
 def array_keys(archive: zipfile.ZipFile) -> set[str]:
@@ -66,19 +85,48 @@ def array_keys(archive: zipfile.ZipFile) -> set[str]:
 
 @contextmanager
 def open_member(archive: zipfile.ZipFile, path: str, key: str, kinds: str) -> Iterator[tuple[IO[bytes], ArrayHeader]]:
-    """Array `key` positioned at its first data byte, with its header; its dtype kind must be in `kinds`."""
-    with archive.open(f"{key}.npy") as member:
+    """Array `key` positioned at its first data byte, with its header.
+
+    Its dtype kind must be in `kinds` (plain, no fields: object arrays, which would need pickles, are
+    refused like any other wrong kind), and the member must hold all the data its header declares.
+    """
+    name = f"{key}.npy"
+    try:
+        opened = archive.open(name)
+    # zipfile's ways of refusing a member: RuntimeError when it needs a password (or a decompression
+    # module is missing), NotImplementedError for a compression method such as Deflate64 (9).
+    except (RuntimeError, NotImplementedError) as error:
+        info = archive.getinfo(name)
+        if isinstance(error, RuntimeError) and info.flag_bits & _ENCRYPTED_FLAG:
+            raise DataError(f"{path}: array {key} is encrypted; expected an archive without a password") from None
+        raise DataError(f"{path}: array {key} uses an unsupported zip compression (method {info.compress_type}: "
+                        f"{shown(str(error), 80)}); expected stored or deflated members, as np.savez and "
+                        "np.savez_compressed write") from None
+    with opened as member:
         try:
             version = npy_format.read_magic(member)
             if version not in _HEADER_READERS:
                 raise DataError(f"{path}: array {key} uses .npy format version {version[0]}.{version[1]}; expected 1.0 or 2.0")
             shape, fortran_order, dtype = _HEADER_READERS[version](member)
-        except ValueError as error:
-            raise DataError(f"{path}: array {key} has no valid .npy header ({error})") from None
+        # The header is a Python literal parsed by numpy, which lets more than ValueError through on a
+        # malformed one: TypeError (keys of mixed types), SyntaxError (a bad dtype string),
+        # TokenError (an unclosed bracket), RecursionError (deep nesting).
+        except (ValueError, TypeError, SyntaxError, tokenize.TokenError, RecursionError) as error:
+            raise DataError(f"{path}: array {key} has no valid .npy header ({shown(str(error), 80)})") from None
+        header = ArrayHeader(key, tuple(shape), fortran_order, dtype)
+        if any(length < 0 for length in header.shape):
+            raise DataError(f"{path}: array {key} has no valid .npy header (shape {header.shown_shape})")
         if dtype.kind not in kinds or dtype.fields is not None:
-            expected = "integers" if kinds == _INTEGER_KINDS else "real numbers"
-            raise DataError(f"{path}: array {key} has dtype {dtype}; expected {expected}")
-        yield member, ArrayHeader(key, tuple(shape), fortran_order, dtype)
+            raise DataError(f"{path}: array {key} has dtype {shown(str(dtype))}; expected {_KIND_NAMES[kinds]}")
+        available = archive.getinfo(name).file_size - member.tell()
+        if header.size * dtype.itemsize > available:
+            raise_truncated(path, header)
+        yield member, header
+
+
+def raise_truncated(path: str, header: ArrayHeader) -> NoReturn:
+    """The error for a member holding less data than its header declares."""
+    raise DataError(f"{path}: array {header.key} is truncated; expected {header.size} elements of shape {header.shown_shape}")
 
 
 def read_values(member: IO[bytes], path: str, header: ArrayHeader, count: int) -> np.ndarray:
@@ -86,15 +134,20 @@ def read_values(member: IO[bytes], path: str, header: ArrayHeader, count: int) -
     wanted = count * header.dtype.itemsize
     raw = member.read(wanted)
     if len(raw) != wanted:
-        raise DataError(f"{path}: array {header.key} is truncated; expected {header.size} elements of shape {header.shape}")
+        raise_truncated(path, header)
     return np.frombuffer(raw, dtype=header.dtype, count=count)
 
 
-def read_vector(archive: zipfile.ZipFile, path: str, key: str, kinds: str) -> np.ndarray:
-    """A whole 1-D array (used only for the O(n) ones: y, indptr, shape)."""
+def read_vector(archive: zipfile.ZipFile, path: str, key: str, kinds: str, length: int, expected: str) -> np.ndarray:
+    """A whole 1-D array of `length` elements (only the small ones: y, indptr, shape).
+
+    The length is checked against the header before anything is read; `expected` explains it in the message.
+    """
     with open_member(archive, path, key, kinds) as (member, header):
         if len(header.shape) != 1:
-            raise DataError(f"{path}: array {key} has shape {header.shape}; expected a 1-D array")
+            raise DataError(f"{path}: array {key} has shape {header.shown_shape}; expected a 1-D array")
+        if header.size != length:
+            raise DataError(f"{path}: {key} has {header.size} entries; expected {expected}")
         return read_values(member, path, header, header.size)
 
 
@@ -106,10 +159,16 @@ def chunks(member: IO[bytes], path: str, header: ArrayHeader, unit: int) -> Iter
 
 
 def first_non_finite(values: np.ndarray) -> int | None:
-    """Position of the first NaN or infinity, or None (integers are always finite)."""
+    """Position of the first value that is not finite as a float64, or None (integers are always finite).
+
+    Besides NaN and infinity this catches a long double beyond the float64 range, which the
+    conversion when rows are read would silently turn into an infinity.
+    """
     if values.dtype.kind != "f":
         return None
-    bad = np.flatnonzero(~np.isfinite(values))
+    with np.errstate(over="ignore"):
+        as_float64 = values.astype(np.float64, copy=False)
+    bad = np.flatnonzero(~np.isfinite(as_float64))
     return int(bad[0]) if bad.size else None
 
 
@@ -119,18 +178,27 @@ def storage_layout(keys: set[str], path: str) -> str:
     has_dense = "X" in keys
     has_csr = all(part in keys for part in CSR_PARTS)
     if has_dense == has_csr or "y" not in keys:
-        found = ", ".join(sorted(keys)) or "no arrays"
+        found = shown_list(sorted(keys), "arrays") or "no arrays"
         raise DataError(f"{path}: holds {found}; {expected}")
     return "dense" if has_dense else "csr"
 
 
+def tag_text(raw: bytes, dtype: np.dtype) -> str:
+    """The text of one element of a bytes ('S') or unicode ('U', UTF-32) array, undecodable parts replaced."""
+    if dtype.kind == "S":
+        return raw.rstrip(b"\0").decode("utf-8", "replace")
+    little_endian = dtype.byteorder == "<" or (dtype.byteorder in "=|" and sys.byteorder == "little")
+    return raw.decode("utf-32-le" if little_endian else "utf-32-be", "replace").rstrip("\0")
+
+
 def check_format_tag(archive: zipfile.ZipFile, path: str) -> None:
     """scipy.sparse.save_npz also stores a `format` array; the parts are only CSR if it says csr."""
-    with archive.open("format.npy") as member:
-        tag = npy_format.read_array(member, allow_pickle=False)
-    name = tag.item().decode() if isinstance(tag.item(), bytes) else str(tag.item())
+    with open_member(archive, path, "format", _TEXT_KINDS) as (member, header):
+        if header.size != 1:
+            raise DataError(f"{path}: array format has shape {header.shown_shape}; expected a single string such as 'csr'")
+        name = tag_text(member.read(header.dtype.itemsize), header.dtype)
     if name != "csr":
-        raise DataError(f"{path}: sparse format is {name!r}; expected 'csr' (convert with .tocsr())")
+        raise DataError(f"{path}: sparse format is {shown(name)!r}; expected 'csr' (convert with .tocsr())")
 
 
 class NpzSource(DataSource):
@@ -151,19 +219,17 @@ class NpzSource(DataSource):
                 if "format" in keys:
                     check_format_tag(archive, self.name)
                 n, d = self._check_csr(archive)
-            labels = read_vector(archive, self.name, "y", _REAL_KINDS)
-        if labels.size != n:
-            raise DataError(f"{self.name}: y has {labels.size} entries; expected one per row ({n})")
+            labels = read_vector(archive, self.name, "y", _REAL_KINDS, n, f"one per row ({n})")
         bad = first_non_finite(labels)
         if bad is not None:
-            raise DataError(f"{self.name}: y[{bad}] is {labels[bad]}; expected finite labels")
+            raise DataError(f"{self.name}: y[{bad}] is {labels[bad]!s}; expected labels finite as float64")
         return DatasetInfo(n=n, d=d, y=labels.astype(np.float64), sparse=self._layout == "csr")
 
     def _check_dense(self, archive: zipfile.ZipFile) -> tuple[int, int]:
         """Shape, order and finiteness of X, streamed chunk by chunk."""
         with open_member(archive, self.name, "X", _REAL_KINDS) as (member, header):
             if len(header.shape) != 2 or min(header.shape) < 1:
-                raise DataError(f"{self.name}: X has shape {header.shape}; expected a 2-D array with at least one row and column")
+                raise DataError(f"{self.name}: X has shape {header.shown_shape}; expected a 2-D array with at least one row and column")
             if header.fortran_order:
                 raise DataError(f"{self.name}: X is stored in Fortran order; expected C order (save np.ascontiguousarray(X))")
             n, d = header.shape
@@ -171,17 +237,17 @@ class NpzSource(DataSource):
                 bad = first_non_finite(values)
                 if bad is not None:
                     row, column = divmod(start + bad, d)
-                    raise DataError(f"{self.name}: X[{row}, {column}] is {values[bad]}; expected finite values")
+                    raise DataError(f"{self.name}: X[{row}, {column}] is {values[bad]!s}; expected values finite as float64")
         return n, d
 
     def _check_csr(self, archive: zipfile.ZipFile) -> tuple[int, int]:
         """Consistency of the CSR parts; indices and data are streamed, indptr is kept for rows()."""
-        shape = read_vector(archive, self.name, "shape", _INTEGER_KINDS)
-        if shape.size != 2 or shape.min() < 1:
+        shape = read_vector(archive, self.name, "shape", _INTEGER_KINDS, 2, "2 ([rows, columns])")
+        if shape.min() < 1:
             raise DataError(f"{self.name}: shape is {shape.tolist()}; expected [rows, columns], both at least 1")
         n, d = int(shape[0]), int(shape[1])
-        indptr = read_vector(archive, self.name, "indptr", _INTEGER_KINDS).astype(np.int64)
-        if indptr.size != n + 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+        indptr = read_vector(archive, self.name, "indptr", _INTEGER_KINDS, n + 1, f"{n + 1} (rows + 1)").astype(np.int64)
+        if indptr[0] != 0 or np.any(np.diff(indptr) < 0):
             raise DataError(f"{self.name}: indptr is not a row pointer for {n} rows; expected {n + 1} non-decreasing entries from 0")
         nonzeros = int(indptr[-1])
         with open_member(archive, self.name, "indices", _INTEGER_KINDS) as (member, header):
@@ -197,13 +263,13 @@ class NpzSource(DataSource):
                 bad = first_non_finite(values)
                 if bad is not None:
                     row = int(np.searchsorted(indptr, start + bad, side="right")) - 1
-                    raise DataError(f"{self.name}: data[{start + bad}] (row {row}) is {values[bad]}; expected finite values")
+                    raise DataError(f"{self.name}: data[{start + bad}] (row {row}) is {values[bad]!s}; expected values finite as float64")
         self._indptr = indptr
         return n, d
 
     def _check_part_length(self, header: ArrayHeader, nonzeros: int) -> None:
         if header.shape != (nonzeros,):
-            raise DataError(f"{self.name}: {header.key} has shape {header.shape}; expected ({nonzeros},) as indptr[-1] says")
+            raise DataError(f"{self.name}: {header.key} has shape {header.shown_shape}; expected ({nonzeros},) as indptr[-1] says")
 
     def _read_sorted(self, rows: np.ndarray, width: int):
         with open_archive(self.name) as archive:
@@ -212,8 +278,12 @@ class NpzSource(DataSource):
             return self._read_csr(archive, rows, width)
 
     def _read_dense(self, archive: zipfile.ZipFile, rows: np.ndarray) -> np.ndarray:
+        info = self.scan()
         with open_member(archive, self.name, "X", _REAL_KINDS) as (member, header):
-            d = header.shape[1]
+            if header.shape != (info.n, info.d) or header.fortran_order:
+                raise DataError(f"{self.name} changed since it was scanned: X has shape {header.shown_shape}, "
+                                f"expected ({info.n}, {info.d}) in C order")
+            d = info.d
             row_bytes = d * header.dtype.itemsize
             data_start = member.tell()
             features = np.empty((rows.size, d), dtype=np.float64)
@@ -233,6 +303,8 @@ class NpzSource(DataSource):
         runs = list(row_runs(rows, _CSR_RUN_ROWS))
         self._gather_part(archive, "indices", _INTEGER_KINDS, runs, columns)
         self._gather_part(archive, "data", _REAL_KINDS, runs, values)
+        if columns.size and (columns.min() < 0 or columns.max() >= width):
+            raise DataError(f"{self.name} changed since it was scanned: a column index is now outside [0, {width})")
         matrix = sp.csr_matrix((values, columns, indptr), shape=(rows.size, width))
         # Stored parts may have unsorted or repeated columns; CSR semantics sum repeats anyway.
         matrix.sum_duplicates()
@@ -241,6 +313,9 @@ class NpzSource(DataSource):
     def _gather_part(self, archive: zipfile.ZipFile, key: str, kinds: str, runs: list[tuple[int, int]], out: np.ndarray) -> None:
         """Copy the nonzero entries of each row run from CSR part `key` into `out`, in order."""
         with open_member(archive, self.name, key, kinds) as (member, header):
+            if header.shape != (int(self._indptr[-1]),):
+                raise DataError(f"{self.name} changed since it was scanned: {key} has shape {header.shown_shape}, "
+                                f"expected ({int(self._indptr[-1])},)")
             data_start = member.tell()
             position = 0
             for first, stop in runs:

@@ -35,10 +35,12 @@ class DataSource:
     """A data set that can be scanned once and then read row subset by row subset.
 
     `name` identifies the data set in the run manifest; `online` is True only for synthetic data
-    that can draw fresh samples with `draw`.
+    that can draw fresh samples with `draw`; `index_base` is the feature index base of a LIBSVM
+    file (0 or 1, set by its scan) and None for every other kind.
     """
 
     online: bool = False
+    index_base: int | None = None
 
     def __init__(self, name: str):
         self.name = name

@@ -8,11 +8,13 @@ Files are read as bytes so that offsets are exact whatever the encoding.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import numpy as np
 
+from dmlcli.data.messages import shown
 from dmlcli.data.source import row_runs
 from dmlcli.errors import DataError
 
@@ -21,36 +23,70 @@ Row = TypeVar("Row")
 _BOM = b"\xef\xbb\xbf"
 # Rows parsed per read when fetching rows; bounds the raw text held at once.
 _RUN_ROWS = 4096
+# Longest line accepted, line break included: far beyond any real row (tens of millions of
+# characters), but bounded, so that a file without line breaks cannot exhaust memory in one read.
+_MAX_LINE_BYTES = 1 << 26
 
-
-def shown(token: bytes) -> str:
-    """A token as text for an error message, cut short so the message stays one readable line."""
-    text = token.decode("utf-8", "replace")
-    return text if len(text) <= 40 else text[:37] + "..."
+# A plain decimal literal: optional sign, ASCII digits with an optional point, optional exponent.
+# Python's float() also takes underscores ("1_0" is 10), surrounding whitespace and "infinity",
+# which a data file should not hold. Readers build their whole-line patterns from this one.
+PLAIN_NUMBER = rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_PLAIN_NUMBER = re.compile(PLAIN_NUMBER)
+_NON_FINITE = re.compile(rb"[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
 
 
 def parse_number(token: bytes, where: str, what: str) -> float:
-    """`token` as a finite float, or a DataError saying where it is and what it should have been."""
-    try:
-        value = float(token)
-    except ValueError:
-        raise DataError(f"{where}: {what} {shown(token)!r} is not a number") from None
+    """`token` as a finite float, or a DataError saying where it is and what it should have been.
+
+    The token must be a PLAIN_NUMBER (`-1`, `.5`, `2.`, `+3e-4`); infinities, NaN and values
+    beyond the float64 range are refused.
+    """
+    if _PLAIN_NUMBER.fullmatch(token) is None:
+        if _NON_FINITE.fullmatch(token):
+            raise DataError(f"{where}: {what} is {shown(token)}; expected a finite number")
+        raise DataError(f"{where}: {what} {shown(token)!r} is not a number; expected a decimal like 3, -0.5 or 1e-3")
+    value = float(token)
     if not math.isfinite(value):
-        raise DataError(f"{where}: {what} is {shown(token.strip())}; expected a finite number")
+        raise DataError(f"{where}: {what} is {shown(token)}, beyond the float64 range; expected a finite number")
     return value
+
+
+def line_content(line: bytes, where: str) -> bytes:
+    """A line without its LF or CRLF ending; a DataError if a carriage return or NUL byte is left inside it.
+
+    A carriage return inside a line means CR-only (classic Mac) line endings, which make the whole
+    file read as one line; a NUL byte means a binary or UTF-16 file. Both would otherwise surface as
+    a puzzling complaint about some token.
+    """
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if b"\r" in line:
+        raise DataError(f"{where}: carriage return inside a line: the file seems to use CR line endings; expected LF or CRLF")
+    if b"\0" in line:
+        raise DataError(f"{where}: NUL byte inside a line: the file seems to be binary or UTF-16; expected ASCII or UTF-8 text")
+    return line
 
 
 def numbered_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
     """Yield (line number from 1, byte offset of the line, line bytes) for every line of the file.
 
-    A UTF-8 byte-order mark (spreadsheet exports add one) is skipped, offset included.
+    A UTF-8 byte-order mark (spreadsheet exports add one) is skipped, offset included. A line longer
+    than _MAX_LINE_BYTES is a DataError.
     """
     try:
         with open(path, "rb") as file:
             offset = 0
-            for number, line in enumerate(file, start=1):
+            number = 0
+            while line := file.readline(_MAX_LINE_BYTES + 1):
+                number += 1
                 start = offset
                 offset += len(line)
+                if len(line) > _MAX_LINE_BYTES:
+                    where = f"{path}:{number}"
+                    line_content(line, where)  # a file with CR line endings is one long line: say that instead
+                    raise DataError(f"{where}: line longer than {_MAX_LINE_BYTES} bytes; expected one data row per line")
                 if number == 1 and line.startswith(_BOM):
                     line = line[len(_BOM):]
                     start += len(_BOM)

@@ -33,10 +33,12 @@ class BinaryLabels:
         self.classes = classes
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
-        unknown = ~np.isin(y, self.classes)
-        if unknown.any():
-            raise DataError(f"label {y[unknown][0]:g} is not one of the training labels "
-                            f"({self.classes[0]:g}, {self.classes[1]:g})")
+        unknown = np.flatnonzero(~np.isin(y, self.classes))
+        if unknown.size:
+            first = unknown[0]
+            raise DataError(f"row {first + 1}: label {y[first]:g} is not one of the training labels "
+                            f"({self.classes[0]:g}, {self.classes[1]:g})"
+                            + (f", nor are {unknown.size - 1} more" if unknown.size > 1 else ""))
         return np.where(y == self.classes[1], 1.0, -1.0)
 
 
@@ -44,7 +46,7 @@ def _fit_binary(y: np.ndarray) -> BinaryLabels:
     classes = np.unique(y)
     if classes.size != 2:
         shown = ", ".join(f"{c:g}" for c in classes[:5]) + (", …" if classes.size > 5 else "")
-        raise DataError(f"logistic loss needs exactly 2 distinct labels, the data have {classes.size} ({shown}); "
+        raise DataError(f"logistic loss needs exactly 2 distinct labels, these {y.size} rows have {classes.size} ({shown}); "
                         "use --loss squared for regression targets")
     return BinaryLabels(classes)
 

@@ -14,12 +14,14 @@ import click
 from dmlcli.algorithms.base import Param
 from dmlcli.errors import UsageError
 from dmlcli.problems import LOSSES, REGULARIZERS
+from dmlcli.recipe import TomlForm
 
 
 class BatchSize(click.ParamType):
     """A positive integer, or `all` for the whole shard (stored as None)."""
 
     name = "N|all"
+    toml_form = TomlForm(frozenset({"integer"}), ("all",), 'a positive integer or "all"')
 
     def convert(self, value, param, ctx):
         if value is None or value == "all":
@@ -37,6 +39,7 @@ class StepSize(click.ParamType):
     """A positive float, or `auto`: 1/L, L the smoothness constant of F estimated from the data."""
 
     name = "FLOAT|auto"
+    toml_form = TomlForm(frozenset({"integer", "float"}), ("auto",), 'a positive number or "auto"')
 
     def convert(self, value, param, ctx):
         if value is None or value == "auto":
@@ -51,9 +54,11 @@ class StepSize(click.ParamType):
 
 
 class CrashSpec(click.ParamType):
-    """RANK@STEP: make that rank raise at that step (tests that a failure ends the run)."""
+    """RANK@STEP: make that rank raise at that step (tests that a failure ends the run). Steps count
+    from 1 on every rank; whether the rank exists is checked once the rank count is known."""
 
     name = "RANK@STEP"
+    toml_form = TomlForm(frozenset({"string"}), (), 'a "RANK@STEP" string')
 
     def convert(self, value, param, ctx):
         if value is None or isinstance(value, tuple):
@@ -62,8 +67,8 @@ class CrashSpec(click.ParamType):
             rank, step = (int(part) for part in str(value).split("@"))
         except ValueError:
             self.fail(f"{value!r} is not RANK@STEP, e.g. 2@10", param, ctx)
-        if rank < 0 or step < 0:
-            self.fail(f"{value!r}: rank and step must be non-negative", param, ctx)
+        if rank < 0 or step < 1:
+            self.fail(f"{value!r}: RANK must be 0 or more and STEP 1 or more", param, ctx)
         return rank, step
 
 
@@ -94,6 +99,8 @@ SHARED_OPTIONS: tuple[Param, ...] = (
     Param("fit_intercept", bool, True, "append a constant-1 feature (regularised like the rest)"),
     Param("progress", click.Choice(["auto", "rich", "plain", "off"]), "auto", "progress display on rank 0"),
     Param("blas_threads", click.IntRange(min=1), 1, "BLAS threads per rank"),
+    Param("max_model_mb", POSITIVE_FLOAT, 256,
+          "refuse models larger than this many MB per copy (the model and its working copies are held on every rank)"),
     Param("crash", CrashSpec(), None, "fault injection: rank RANK raises at step STEP"),
 )
 
@@ -125,6 +132,7 @@ class RunConfig:
     fit_intercept: bool
     progress: str
     blas_threads: int
+    max_model_mb: float
     crash: tuple[int, int] | None
     params: dict[str, Any]
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+
+KEPT_IN_MEMORY_BYTES = 32 * 2**20  # kept models beyond this go to a file: --eval-every 1 must not fill memory
+EVALUATION_BLOCK_BYTES = 16 * 2**20  # models evaluated at once: (rows or d) × models × 8 bytes per temporary
 
 
 @dataclass
@@ -63,6 +68,59 @@ class Evaluator:
                 row["test_metric"] = problem.loss.metric_final(metric_sum, self.n_test)
             results.append(row)
         return results
+
+
+class KeptModels:
+    """The models an asynchronous run keeps at its evaluation points, with their counters, to be
+    evaluated after the run. Up to KEPT_IN_MEMORY_BYTES stay in memory; past that every model
+    goes to an anonymous temporary file in `directory` (gone when closed, or if the run dies),
+    so memory stays bounded whatever --eval-every asks."""
+
+    def __init__(self, d: int, directory: str | None):
+        self.d, self.directory = d, directory
+        self.counters: list[Counters] = []
+        self._in_memory: list[np.ndarray] = []
+        self._spill = None
+
+    def __len__(self) -> int:
+        return len(self.counters)
+
+    def add(self, counters: Counters, model: np.ndarray) -> None:
+        self.counters.append(counters)
+        if self._spill is None and (len(self._in_memory) + 1) * self.d * 8 > KEPT_IN_MEMORY_BYTES:
+            self._spill = tempfile.TemporaryFile(dir=self.directory, prefix=".dmlcli-kept-models-")
+            for kept in self._in_memory:
+                self._spill.write(kept.tobytes())
+            self._in_memory = []
+        if self._spill is None:
+            self._in_memory.append(model.copy())
+        else:
+            self._spill.write(np.ascontiguousarray(model, dtype=np.float64).tobytes())
+
+    def last_model(self) -> np.ndarray:
+        return self.models(len(self) - 1, len(self))[0]
+
+    def models(self, start: int, stop: int) -> np.ndarray:
+        """Models start..stop-1 as one (stop − start, d) array."""
+        if self._spill is None:
+            return np.array(self._in_memory[start:stop]).reshape(stop - start, self.d)
+        self._spill.flush()
+        self._spill.seek(start * self.d * 8)
+        block = np.frombuffer(bytearray(self._spill.read((stop - start) * self.d * 8)), dtype=np.float64)
+        self._spill.seek(0, 2)  # later models are appended at the end
+        return block.reshape(stop - start, self.d)
+
+    def close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
+
+
+def evaluation_blocks(count: int, d: int, rows: int) -> Iterator[tuple[int, int]]:
+    """[start, stop) ranges of `count` models to evaluate together, each block's temporaries
+    (rows × models and models × d) within EVALUATION_BLOCK_BYTES."""
+    per_block = max(1, EVALUATION_BLOCK_BYTES // (8 * max(d, rows, 1)))
+    for start in range(0, count, per_block):
+        yield start, min(count, start + per_block)
 
 
 def csv_row(counters: Counters, metrics: dict, n_train: int) -> dict:

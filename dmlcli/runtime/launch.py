@@ -1,14 +1,35 @@
 """Getting onto MPI ranks: re-executing under the installed mpiexec when started alone, and
-turning any rank's failure into one clear message and an abort of every rank."""
+turning any rank's failure into one clear message and an abort of every rank.
+
+The launching process stands between the user (a terminal, a batch system, a supervisor) and
+mpiexec, and owns three things:
+- Signals. mpiexec runs in a session of its own, so a signal to the user's process group
+  reaches the launcher alone, and the launcher hands every SIGINT, SIGTERM and SIGHUP straight
+  to rank 0 (whose pid the ranks leave in the launch directory). Hydra's own forwarding is not
+  used: it copes with one signal, but a second one within moments (a terminal's Ctrl-C plus a
+  forwarding `timeout`) made it exit 255 with assertion lines and could lose the last CSV row.
+  Rank 0 treats the first signal as a graceful stop and one more a second later as "stop now".
+  A signal that arrives before rank 0 is up waits for it. If the launcher itself is killed,
+  the kernel sends mpiexec SIGTERM (PR_SET_PDEATHSIG), so no rank is left behind as an orphan.
+- Output. Ranks' stderr is passed on line by line without MPICH's repeat of an abort; mpiexec's
+  "BAD TERMINATION" banner (a rank killed by a signal) becomes one line naming the rank.
+- The manifest of a run that ended without rank 0 writing its end (a rank killed or aborted):
+  it is marked `failed` with the reason, so it never stays `running`.
+"""
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import ctypes
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -17,14 +38,32 @@ from dmlcli.errors import UsageError
 # Variables that MPI launchers set in each rank (MPICH/Hydra, Open MPI, MVAPICH; Slurm's srun through
 # PMI or PMIx). Slurm's own SLURM_* are not among them: a batch script has them without any launcher.
 LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+LAUNCH_DIR_VARIABLE = "DMLCLI_LAUNCH_DIR"  # where ranks leave their pids and rank 0 its manifest path
 ABORT_GRACE_S = 0.3  # see rank_main
+FORWARDED_SIGNALS = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
+# Failure exits that rank 0 reports itself (see README, exit codes); anything else is the launcher's to explain.
+REPORTED_EXITS = (0, 1, 2, 3, 130, 143)
+PR_SET_PDEATHSIG = 1
 # MPICH repeats the failing rank's abort in its own words; the rank already said what went wrong.
 MPICH_ABORT_LINE = re.compile(r"^Abort\(\d+\) on node \d+.*MPI_Abort|^application called MPI_Abort")
+BANNER_RULE = "=" * 20
+BANNER_PID = re.compile(r"PID (\d+) RUNNING AT")
+BANNER_EXIT_CODE = re.compile(r"EXIT CODE: (\d+)")
+EXIT_CODES_LINE = re.compile(r"^\[mpiexec@[^\]]*\] Exit codes: \[[^\]]*\] ([\d,]*)\n?", re.MULTILINE)
 
 
 def under_launcher() -> bool:
     return any(name in os.environ for name in LAUNCHER_VARIABLES)
+
+
+def launcher_rank() -> int | None:
+    """This process's rank as the MPI launcher set it in the environment, before MPI starts; None alone."""
+    for name in RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return None
 
 
 def find_mpiexec() -> str:
@@ -38,41 +77,219 @@ def find_mpiexec() -> str:
 
 
 def relaunch(args: list[str], ranks: int, blas_threads: int) -> int:
-    """Run `python -m dmlcli ARGS` on `ranks` ranks under mpiexec; return its exit code."""
+    """Run `python -m dmlcli ARGS` on `ranks` ranks under mpiexec; return the run's exit code."""
     mpiexec = find_mpiexec()
     command = [mpiexec, "-n", str(ranks)]
-    if _is_open_mpi(mpiexec):
+    kind = _mpiexec_kind(mpiexec)
+    if kind == "open-mpi":
         command.append("--oversubscribe")  # more ranks than cores is the normal case on a laptop
+    elif kind == "hydra":
+        command.append("-print-all-exitcodes")  # the banner's PID is not always the rank that died
     command += [sys.executable, "-m", "dmlcli", *args]
     env = dict(os.environ, DMLCLI_STDOUT_TTY="1" if sys.stdout.isatty() else "0")
     for name in THREAD_VARIABLES:
         env.setdefault(name, str(blas_threads))
     if sys.stdout.isatty():
         env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
-    forward = threading.Thread(target=_forward_stderr, args=(process.stderr,), daemon=True)
-    forward.start()
-    try:
-        code = process.wait()
-    except KeyboardInterrupt:
-        code = process.wait()  # mpiexec passes the interrupt on to the ranks; let them finish
-    forward.join(timeout=5)
-    return code
+    with tempfile.TemporaryDirectory(prefix="dmlcli-launch-") as launch_dir:
+        env[LAUNCH_DIR_VARIABLE] = launch_dir
+        return Launch(command, env, launch_dir).run()
 
 
-def _forward_stderr(stream) -> None:
-    for line in stream:
-        if not MPICH_ABORT_LINE.search(line):
+class Launch:
+    """One mpiexec child: its signals, its output and its end (see the module docstring)."""
+
+    POLL_S = 0.05
+
+    def __init__(self, command: list[str], env: dict, launch_dir: str):
+        self.command, self.env, self.launch_dir = command, env, launch_dir
+        self.pending: list[int] = []  # signals received and not yet handed to rank 0
+        self.delivered: int | None = None  # the last signal handed to rank 0, and when
+        self.delivered_at = -float("inf")
+        self.banner = ""  # mpiexec's report of a rank that ended badly
+        self.exit_codes: list[int] = []  # per rank, in rank order, where mpiexec tells them (one host)
+        self.rank_failure: str | None = None  # a rank's own "dmlcli: rank N failed: ..." line
+
+    def run(self) -> int:
+        previous = {signum: signal.signal(signum, self._receive) for signum in FORWARDED_SIGNALS}
+        try:
+            process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       start_new_session=True, preexec_fn=_end_with_parent)
+            relays = [threading.Thread(target=self._relay_stdout, args=(process.stdout,), daemon=True),
+                      threading.Thread(target=self._relay_stderr, args=(process.stderr,), daemon=True)]
+            for relay in relays:
+                relay.start()
+            while process.poll() is None:
+                self._deliver()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(self.POLL_S)
+            for relay in relays:
+                relay.join(timeout=5)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return self._conclude(process.returncode)
+
+    def _receive(self, signum, frame) -> None:
+        self.pending.append(FORWARDED_SIGNALS[signum])
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand pending signals to rank 0 once it has said where it is. Repeats within
+        StopRequest.HARD_AFTER_S of the last one delivered are the same request and stay here:
+        rank 0 may already be ending, and a signal during interpreter shutdown would kill it."""
+        if not self.pending:
+            return
+        pid = self._pids().get(0)
+        if pid is None:
+            return  # rank 0 is starting; it gets them as soon as it has its handlers
+        from dmlcli.runtime.context import StopRequest
+
+        while self.pending:
+            signum = self.pending.pop(0)
+            if time.monotonic() - self.delivered_at <= StopRequest.HARD_AFTER_S:
+                continue
+            self.delivered_at, self.delivered = time.monotonic(), signum
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _pids(self) -> dict[int, int]:
+        """{rank: pid} of the ranks that have started."""
+        pids = {}
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.launch_dir):
+                if name.startswith("rank-") and name.endswith(".pid"):
+                    with contextlib.suppress(OSError, ValueError), open(os.path.join(self.launch_dir, name)) as handle:
+                        pids[int(name[5:-4])] = int(handle.read())
+        return pids
+
+    def _relay_stdout(self, stream) -> None:
+        """Pass output through as it comes (progress bars redraw without newlines), keeping back
+        mpiexec's banner: once it has begun, everything after it is mpiexec's clean-up talk."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        held = ""
+        for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
+            text, held = held + decoder.decode(chunk), ""
+            if self.banner:
+                self.banner += self._take_exit_codes(text)
+                continue
+            text = self._take_exit_codes(text)
+            start = text.find(BANNER_RULE)
+            if start >= 0:
+                lines = text[start:].split("\n", 2)
+                if len(lines) < 3:
+                    text, held = text[:start], text[start:]  # too little yet to tell
+                elif "BAD TERMINATION" in lines[1]:
+                    text, self.banner = text[:start], text[start:]
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        sys.stdout.write(held)
+        sys.stdout.flush()
+
+    def _take_exit_codes(self, text: str) -> str:
+        """Keep Hydra's per-rank exit codes (asked for with -print-all-exitcodes) out of the output."""
+        for found in EXIT_CODES_LINE.finditer(text):
+            self.exit_codes = [int(code) for code in found[1].split(",") if code.strip().isdigit()]
+        return EXIT_CODES_LINE.sub("", text)
+
+    def _relay_stderr(self, stream) -> None:
+        for raw in stream:
+            line = self._take_exit_codes(raw.decode("utf-8", "replace"))
+            if not line or MPICH_ABORT_LINE.search(line) or self.banner:
+                continue  # after the banner come Hydra's clean-up lines
+            if self.rank_failure is None and re.match(r"dmlcli: rank \d+ failed", line):
+                self.rank_failure = line.strip()
             sys.stderr.write(line)
             sys.stderr.flush()
 
+    def _conclude(self, code: int) -> int:
+        """The run's exit code; a rank that ended without saying why is named in one line."""
+        if code < 0:
+            code = 128 - code  # mpiexec itself was killed by a signal
+        if self.delivered is not None and self._rank_0_killed_by(self.delivered):
+            return 128 + self.delivered  # a stop we asked for, which caught rank 0 already on its way out
+        reason = self.rank_failure
+        if self.banner or code not in REPORTED_EXITS:
+            if self.rank_failure is None:
+                reason = self._describe_bad_end(code)
+                print(f"dmlcli: {reason}", file=sys.stderr, flush=True)
+            code = 1
+        if code == 1:
+            self._mark_manifest_failed(reason or "a rank failed")
+        return code
 
-def _is_open_mpi(mpiexec: str) -> bool:
+    def _rank_0_killed_by(self, signum: int) -> bool:
+        return self._failed_rank() == (0, signum)
+
+    def _failed_rank(self) -> tuple[int | None, int | None]:
+        """(rank, exit code) of the rank that ended badly: from the per-rank exit codes, else from
+        the banner's PID; None where neither tells."""
+        banner_codes = [int(found) for found in BANNER_EXIT_CODE.findall(self.banner)]
+        code = banner_codes[0] if banner_codes else None
+        failed = [rank for rank, rank_code in enumerate(self.exit_codes) if rank_code]
+        if code in self.exit_codes:
+            return self.exit_codes.index(code), code
+        if failed:
+            return failed[0], self.exit_codes[failed[0]]
+        pid_match = BANNER_PID.search(self.banner)
+        ranks = {pid: rank for rank, pid in self._pids().items()}
+        return (ranks.get(int(pid_match[1])) if pid_match else None), code
+
+    def _describe_bad_end(self, code: int) -> str:
+        rank, rank_code = self._failed_rank()
+        who = "a rank" if rank is None else f"rank {rank}"
+        return f"{who} ended abnormally ({_signal_or_code(code if rank_code is None else rank_code)}); every rank was stopped"
+
+    def _mark_manifest_failed(self, reason: str) -> None:
+        """A manifest still saying `running` after the run ended: rank 0 never got to write its end."""
+        from dmlcli.report import utc_now, write_manifest
+
+        try:
+            with open(os.path.join(self.launch_dir, "manifest")) as handle:
+                path = handle.read()
+            with open(path) as handle:
+                manifest = json.load(handle)
+        except (OSError, ValueError):
+            return
+        if manifest.get("status") == "running":
+            manifest.update(status="failed", reason=reason.removeprefix("dmlcli: "), ended=utc_now())
+            write_manifest(path, manifest)
+
+
+def _signal_or_code(code: int) -> str:
+    if code > 128 and code - 128 in signal.Signals._value2member_map_:
+        return f"killed by {signal.Signals(code - 128).name}"
+    if code in signal.Signals._value2member_map_:  # Hydra reports a rank killed by signal S as exit code S
+        return f"killed by {signal.Signals(code).name}"
+    return f"exit code {code}"
+
+
+def _end_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the launcher dies, however it dies (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def tell_launcher(name: str, text: str) -> None:
+    """Leave a note (a pid, the manifest path) for the launching process, if there is one."""
+    directory = os.environ.get(LAUNCH_DIR_VARIABLE)
+    if not directory or not os.path.isdir(directory):
+        return
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, os.path.join(directory, name))  # the launcher never reads half a note
+
+
+def _mpiexec_kind(mpiexec: str) -> str:
+    """"hydra" (MPICH, MVAPICH), "open-mpi" or "other", from what `mpiexec --version` says."""
     try:
         banner = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "Open MPI" in banner or "OpenRTE" in banner
+        return "other"
+    if "Open MPI" in banner or "OpenRTE" in banner:
+        return "open-mpi"
+    return "hydra" if "HYDRA" in banner else "other"
 
 
 def rank_main(config) -> int:
@@ -86,11 +303,17 @@ def rank_main(config) -> int:
     if transport.rank == 0:
         stop.install()
     else:
-        # A signal reaches every rank; rank 0 alone handles it and stops the others in order.
+        # Rank 0 alone handles signals and stops the others in order.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    tell_launcher(f"rank-{transport.rank}.pid", str(os.getpid()))  # after the handlers: signals may follow at once
     try:
-        return run_rank(config, transport, stop=stop)
+        code = run_rank(config, transport, stop=stop)
+        # The run is over and its outputs are written. Python restores the default handlers while
+        # it shuts down, and a late signal would then kill the rank instead of being ignored.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return code
     except CollectiveUsageError as error:
         if transport.rank == 0:
             print(f"dmlcli: error: {error}", file=sys.stderr, flush=True)

@@ -8,7 +8,7 @@ import threading
 
 from dmlcli.comm import RankAborted
 from dmlcli.comm.local import LocalHub
-from dmlcli.runtime.run import run_rank
+from dmlcli.runtime.run import CollectiveUsageError, run_rank
 
 
 def run_local(config, workers: int, timeout: float = 120.0) -> int:
@@ -22,6 +22,8 @@ def run_local(config, workers: int, timeout: float = 120.0) -> int:
             codes[transport.rank] = run_rank(config, transport, summary_stream=io.StringIO())
         except RankAborted:
             pass
+        except CollectiveUsageError as error:  # every rank raises it together: no abort, as under MPI
+            errors[transport.rank] = error
         except BaseException as error:  # noqa: BLE001 - handed to the caller below
             errors[transport.rank] = error
             with contextlib.suppress(RankAborted):  # abort raises in the calling rank too

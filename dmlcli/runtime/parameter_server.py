@@ -7,36 +7,46 @@ Each worker has at most one message in flight: it sends a payload and waits for 
 The server keeps one posted receive per worker and takes whichever completes first. Once the
 budget is spent (rounds, time limit, or a non-finite model) it answers each worker's next
 message with STOP; when every worker has been stopped nothing is left in flight (drain, then
-stop). Models are kept at the evaluation points and evaluated together after the run, so
-evaluation never holds up the workers nor counts as training time.
+stop). Models are kept at the evaluation points (KeptModels: memory bounded, the rest on disk)
+and evaluated together after the run, so evaluation never holds up the workers nor counts as
+training time.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
 from dmlcli.comm import TAG_STOP, TAG_WORK
 from dmlcli.runtime.context import Stopwatch
-from dmlcli.runtime.evaluate import Counters, is_finite
+from dmlcli.runtime.evaluate import Counters, KeptModels, evaluation_blocks, is_finite
 
 HEADER = 2
 
 
 def run_async(ctx, algorithm) -> tuple[np.ndarray, str]:
-    """Collective entry: serve on rank 0, work elsewhere, then evaluate the kept models together."""
+    """Collective entry: serve on rank 0, work elsewhere, then evaluate the kept models together,
+    block by block, rank 0 writing each block's CSV rows as they come."""
+    kept = None
     if ctx.rank == 0:
-        snapshots, status = _serve(ctx, algorithm)
-        models = np.array([model for _, model in snapshots])
-        ctx.transport.bcast_object(models.shape)
+        kept, status = _serve(ctx, algorithm)
+        count = ctx.transport.bcast_object(len(kept))
     else:
         _work(ctx, algorithm)
-        models = np.empty(ctx.transport.bcast_object())
-    ctx.transport.bcast(models)
-    results = ctx.evaluator.evaluate(models)
-    if ctx.rank != 0:
-        return models[-1], "completed"
-    for (counters, _), metrics in zip(snapshots, results):
-        ctx.recorder.write(counters, metrics)
+        count, status = ctx.transport.bcast_object(), "completed"
+    d = ctx.problem.d
+    try:
+        for start, stop in evaluation_blocks(count, d, ctx.plan.n_train + ctx.plan.n_test):
+            models = kept.models(start, stop) if kept is not None else np.empty((stop - start, d))
+            ctx.transport.bcast(models)
+            results = ctx.evaluator.evaluate(models)
+            if kept is not None:
+                for counters, metrics in zip(kept.counters[start:stop], results):
+                    ctx.recorder.write(counters, metrics)
+    finally:
+        if kept is not None:
+            kept.close()
     if not is_finite(results[-1]):
         status = "diverged"
     return models[-1], status
@@ -53,13 +63,15 @@ def _serve(ctx, algorithm):
     stop_message = np.zeros(HEADER)
     sends: list = [None] * workers
     watch = Stopwatch()
-    snapshots: list = []
+    kept = KeptModels(ctx.problem.d, os.path.dirname(os.path.abspath(ctx.plan.csv_path)))
 
-    def keep_snapshot() -> None:
-        if snapshots and snapshots[-1][0].round == version:
-            return
-        counters.wall_s = watch.training()
-        snapshots.append((counters.snapshot(), algorithm.model(state).copy()))
+    def keep_model() -> bool:
+        """Keep the model for evaluation (once per version); False if it is no longer finite."""
+        model = algorithm.model(state)
+        if not kept.counters or kept.counters[-1].round != version:
+            counters.wall_s = watch.training()
+            kept.add(counters.snapshot(), model)
+        return bool(np.isfinite(model).all())
 
     def post(k: int, message: np.ndarray, tag: int) -> None:
         """Send to worker k once its previous message has gone: only then is the buffer ours again."""
@@ -72,7 +84,7 @@ def _serve(ctx, algorithm):
         counters.bytes_sent += message.nbytes
         counters.messages += 1
 
-    keep_snapshot()
+    keep_model()
     for k in range(workers):
         post(k, replies[k], TAG_WORK)
     receives = [transport.irecv(payloads[k], k + 1) for k in range(workers)]
@@ -104,8 +116,7 @@ def _serve(ctx, algorithm):
                 extras["dropped"] += 1
             budget_spent = version >= config.rounds or ctx.should_stop(watch)
             if budget_spent or (applied and version % config.evaluation_interval == 0):
-                keep_snapshot()
-                budget_spent = budget_spent or not np.isfinite(snapshots[-1][1]).all()
+                budget_spent = not keep_model() or budget_spent
             ctx.recorder.tick(counters, staleness_mean=extras["staleness_mean"])
         if budget_spent:
             post(k, stop_message, TAG_STOP)
@@ -117,7 +128,7 @@ def _serve(ctx, algorithm):
     for request in sends:
         if request is not None:
             transport.wait(request)
-    return snapshots, ctx.end_status()
+    return kept, ctx.end_status()
 
 
 def _work(ctx, algorithm) -> None:

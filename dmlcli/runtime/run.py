@@ -14,6 +14,7 @@ from dmlcli.report import CsvLog, git_revision, make_progress, print_summary, so
 from dmlcli.runtime import setup
 from dmlcli.runtime.context import Recorder, RunContext, StopRequest
 from dmlcli.runtime.evaluate import Evaluator
+from dmlcli.runtime.launch import tell_launcher
 from dmlcli.runtime.parameter_server import run_async
 from dmlcli.runtime.sync import run_sync
 
@@ -29,7 +30,7 @@ EXIT_CODES = {"completed": 0, "diverged": 3}  # interrupted: 128 + the signal, a
 def run_rank(config, transport, summary_stream=None, stop=None) -> int:
     """Run on this rank; returns its exit code (rank 0's is the run's: mpiexec reports the worst).
 
-    Bad input raises UsageError on every rank, before any file is written. Any other
+    Bad input raises CollectiveUsageError on every rank, and leaves no file behind. Any other
     exception propagates: the caller aborts all ranks (see dmlcli.runtime.launch). `stop` is
     rank 0's StopRequest, wired to SIGINT/SIGTERM by the caller.
     """
@@ -58,6 +59,7 @@ def _start(config, transport, stop):
     if rank == 0:
         try:
             plan, rows = setup.plan_run(config, workers)
+            plan = setup.reserve_outputs(config, plan)
             verdict = (None, plan)
         except UsageError as error:
             verdict, rows = (str(error), None), None
@@ -66,8 +68,18 @@ def _start(config, transport, stop):
     error, plan = transport.bcast_object(verdict)
     if error is not None:
         raise CollectiveUsageError(error)
-    my_rows = transport.scatter_object([None, *rows] if rank == 0 else None)
+    try:
+        return _prepare(config, transport, stop, plan, rows)
+    except CollectiveUsageError:
+        if rank == 0:
+            setup.release_outputs(plan)
+        raise
 
+
+def _prepare(config, transport, stop, plan, rows):
+    """Everything after the plan: this rank's data, the shared preprocessing and step, rank 0's outputs."""
+    rank, workers = transport.rank, transport.size - 1
+    my_rows = transport.scatter_object([None, *rows] if rank == 0 else None)
     if my_rows is not None:
         source, X, X_test = setup.load_rows(config, plan, my_rows)
     else:
@@ -76,7 +88,10 @@ def _start(config, transport, stop):
     shard, test = setup.make_shards(config, plan, my_rows, source, X, X_test, prepare, rank) if my_rows else (None, None)
     problem = setup.make_problem(config, plan)
     spec = setup.REGISTRY[config.algorithm]
-    lr = config.lr or setup.auto_step(transport, shard.X if shard else None, problem, spec.family, workers)
+    try:
+        lr = config.lr or setup.auto_step(transport, shard.X if shard else None, problem, spec.family, workers)
+    except UsageError as error:  # every rank computed the same L, so every rank knows
+        raise CollectiveUsageError(str(error)) from None
     algorithm = setup.algorithm_for(config, problem, workers, lr)
     mpi = transport.describe()
 
@@ -86,12 +101,14 @@ def _start(config, transport, stop):
             "run_id": plan.run_id, "algorithm": config.algorithm, "status": "running", "reason": None,
             "config": dataclasses.asdict(config), "seed": config.seed, "csv": plan.csv_path, "lr": lr,
             "data": {"n_train": plan.n_train, "n_test": plan.n_test, "features": plan.d_features,
-                     "model_size": plan.d_model, "sparse": plan.sparse},
+                     "model_size": plan.d_model, "sparse": plan.sparse, "index_base": plan.index_base},
             "mpi": mpi, "workers": workers, "versions": software_versions(),
             "git_revision": git_revision(os.getcwd()), "started": utc_now(), "ended": None,
         }
         write_manifest(plan.manifest_path, manifest)
-        log = CsvLog(plan.csv_path, plan.run_id, config.algorithm, spec.extra_columns, overwrite=config.force)
+        tell_launcher("manifest", plan.manifest_path)
+        # reserve_outputs created the CSV for this run alone: writing into it replaces nothing.
+        log = CsvLog(plan.csv_path, plan.run_id, config.algorithm, spec.extra_columns, overwrite=True)
         progress = make_progress(config.progress, config.rounds, config.time_limit, f"{config.algorithm} ×{workers}")
         recorder = Recorder(log, progress, plan.n_train)
     evaluator = Evaluator(transport, problem, plan.n_test, shard, test)
@@ -113,6 +130,7 @@ def _finish(ctx, manifest, model, status, summary_stream) -> None:
     config, plan, recorder = ctx.config, ctx.plan, ctx.recorder
     recorder.log.close()
     if config.save_model:
+        os.makedirs(os.path.dirname(os.path.abspath(config.save_model)), exist_ok=True)  # checked at start-up
         np.save(config.save_model, model)
     reasons = {"diverged": "objective became non-finite",
                "interrupted": f"stopped by signal {ctx.stop.signum} (the last row is the model at the stop)"}

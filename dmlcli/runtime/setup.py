@@ -3,7 +3,9 @@ every worker loads only its own rows and the shared preprocessing is agreed by A
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -12,13 +14,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from dmlcli.algorithms import REGISTRY
-from dmlcli.data import open_source, partition, split_test
+from dmlcli.data import agree_index_base, open_source, partition, split_test
 from dmlcli.data.partition import parse_scheme
+from dmlcli.data.synthetic import BLOCK_ROWS, parse_synthetic_spec
 from dmlcli.errors import DataError, UsageError
 from dmlcli.problems import LOSSES, Problem, Shard, make_regularizer
 from dmlcli.runtime.config import RunConfig
 
 SAMPLER_STREAM = 10  # the data module's split and partition streams use tags 1-4
+MEGABYTE = 1e6
+ROW_BYTES = 40  # rank 0's start-up memory per training row: label, encoded label, split and partition indices
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,7 @@ class Plan:
     run_id: str
     csv_path: str
     manifest_path: str
+    numbered: bool  # --out is a directory: the run takes the first free <run_id>[-N].csv in it
     n_train: int
     n_test: int
     d_features: int
@@ -35,6 +41,7 @@ class Plan:
     batch_sizes: tuple[int, ...]  # samples each worker uses per step, for epoch counts
     label_encoder: object
     sparse: bool
+    index_base: int | None  # LIBSVM files: the index base agreed for training and test files
 
 
 @dataclass(frozen=True)
@@ -48,26 +55,129 @@ class WorkerRows:
 
 
 def output_paths(config: RunConfig) -> tuple[str, str, str]:
-    """(run_id, CSV path, manifest path). A directory --out gets a fresh <run_id>.csv; a named
-    file, or a --save-model file, that exists is refused unless --force."""
-    stamp = f"{config.algorithm}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-s{config.seed}"
+    """(run_id, CSV path, manifest path) as named by --out, checked but not created. For a
+    directory --out the run_id is only a first choice: reserve_outputs picks a free one."""
     out = config.out
-    if out.endswith(("/", os.sep)) or os.path.isdir(out):
-        run_id, suffix = stamp, 1
-        while any(os.path.exists(os.path.join(out, run_id + ext)) for ext in (".csv", ".json")):
-            suffix += 1
-            run_id = f"{stamp}-{suffix}"
+    numbered = out.endswith(("/", os.sep)) or os.path.isdir(out)
+    if numbered:
+        run_id = f"{config.algorithm}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-s{config.seed}"
         csv_path = os.path.join(out, f"{run_id}.csv")
     elif out.endswith(".csv"):
         run_id, csv_path = os.path.basename(out)[: -len(".csv")], out
     else:
         raise UsageError(f"--out must be a .csv file or a directory ending in '/', got {out!r}")
     manifest_path = csv_path[: -len(".csv")] + ".json"
-    if not config.force:
-        for path in (csv_path, manifest_path, config.save_model):
-            if path and os.path.exists(path):
-                raise UsageError(f"{path} exists; use --force to overwrite it or choose another --out")
+    outputs = {"--out": csv_path, "--out's manifest": manifest_path, "--save-model": config.save_model}
+    for option, path in outputs.items():
+        if path:
+            _check_output(option, path, config, may_exist=config.force or (numbered and option != "--save-model"))
+    if config.save_model and any(_same_file(config.save_model, path) for path in (csv_path, manifest_path)):
+        raise UsageError(f"--save-model {config.save_model} is the run's own CSV or manifest; choose another --save-model")
     return run_id, csv_path, manifest_path
+
+
+def _check_output(option: str, path: str, config: RunConfig, may_exist: bool) -> None:
+    """An output path must be creatable, must not clobber an input, and must not exist unless
+    may_exist (--force, or a numbered name that reserve_outputs will move past)."""
+    for input_option, input_path in (("--data", config.data), ("--test-data", config.test_data)):
+        if input_path and _same_file(path, input_path):
+            raise UsageError(f"{option} {path} is the {input_option} file; choose another output path")
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise UsageError(f"{option} {path}: cannot create it, {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot create it, directory {ancestor} is not writable")
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path} is a directory; expected a file name")
+    if os.path.exists(path) and not may_exist:
+        what = "--out" if option.startswith("--out") else option
+        raise UsageError(f"{option} {path} exists; use --force to overwrite it or choose another {what}")
+
+
+def _same_file(path: str, other: str) -> bool:
+    if os.path.realpath(path) == os.path.realpath(other):
+        return True
+    try:
+        return os.path.samefile(path, other)  # hard links too
+    except OSError:
+        return False
+
+
+def reserve_outputs(config: RunConfig, plan: Plan) -> Plan:
+    """Create the run's CSV file exclusively, so that runs started together never share a name:
+    a directory --out gets `<run_id>.csv` with the first free suffix (-2, -3, …); a named file
+    that another run created since the check is refused. Returns the plan with the names taken."""
+    os.makedirs(os.path.dirname(os.path.abspath(plan.csv_path)), exist_ok=True)
+    if not plan.numbered:
+        mode = os.O_CREAT | os.O_WRONLY | (os.O_TRUNC if config.force else os.O_EXCL)
+        try:
+            os.close(os.open(plan.csv_path, mode, 0o644))
+        except FileExistsError:
+            raise UsageError(f"--out {plan.csv_path} exists (another run just created it); "
+                             "use --force to overwrite it or choose another --out") from None
+        return plan
+    directory = os.path.dirname(plan.csv_path)
+    for suffix in itertools.count(1):
+        run_id = plan.run_id if suffix == 1 else f"{plan.run_id}-{suffix}"
+        csv_path = os.path.join(directory, f"{run_id}.csv")
+        manifest_path = os.path.join(directory, f"{run_id}.json")
+        if os.path.exists(manifest_path):  # a name is taken by either file of a run
+            continue
+        try:
+            os.close(os.open(csv_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            continue
+        return dataclasses.replace(plan, run_id=run_id, csv_path=csv_path, manifest_path=manifest_path)
+    raise AssertionError("unreachable")
+
+
+def release_outputs(plan: Plan) -> None:
+    """Remove the CSV reserve_outputs created for a run that then ended as bad input."""
+    with contextlib.suppress(OSError):
+        if os.path.getsize(plan.csv_path) == 0:
+            os.remove(plan.csv_path)
+
+
+def check_model_size(d_model: int, config: RunConfig, source: str) -> None:
+    """Refuse a model too large to hold: every rank keeps it and several working copies."""
+    megabytes = d_model * 8 / MEGABYTE
+    if megabytes > config.max_model_mb:
+        raise UsageError(f"{source} gives a model of {d_model:,} parameters, {megabytes:,.0f} MB a copy "
+                         f"(every rank holds several copies); the limit is --max-model-mb {config.max_model_mb:g}")
+
+
+def check_dense_rows(rows: int, d: int, source: str) -> None:
+    """Refuse dense data that cannot fit in this machine's free memory, before allocating it."""
+    needed, available = rows * d * 8, available_memory()
+    if needed > available:
+        raise UsageError(f"{source}: {rows:,} dense rows of {d:,} features take {needed / MEGABYTE:,.0f} MB, "
+                         f"more than the {available / MEGABYTE:,.0f} MB of free memory")
+
+
+def available_memory() -> int:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_crash_rank(config: RunConfig, workers: int) -> None:
+    if config.crash and config.crash[0] > workers:
+        rank, step = config.crash
+        raise UsageError(f"--crash {rank}@{step}: there is no rank {rank}; this run has ranks 0-{workers}")
+
+
+def _check_synthetic_size(spec: str, config: RunConfig) -> None:
+    """Synthetic data say their size before any is drawn: check it before the source allocates w*
+    and before rank 0 draws every label (it keeps about ROW_BYTES a row to plan the run)."""
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        synthetic = parse_synthetic_spec(spec)
+        check_model_size(synthetic.d + int(config.fit_intercept), config, f"--data {spec}")
+        planning = synthetic.n * ROW_BYTES
+        if planning > available_memory():
+            raise UsageError(f"--data {spec}: planning {synthetic.n:,} rows takes {planning / MEGABYTE:,.0f} MB on rank 0, "
+                             f"more than the {available_memory() / MEGABYTE:,.0f} MB of free memory")
+        if not synthetic.sparse:
+            check_dense_rows(min(synthetic.n, BLOCK_ROWS), synthetic.d, f"--data {spec}")
 
 
 def precheck(config: RunConfig) -> None:
@@ -75,37 +185,63 @@ def precheck(config: RunConfig) -> None:
     output_paths(config)
     for spec in (config.data, config.test_data):
         if spec:
+            _check_synthetic_size(spec, config)
             open_source(spec)
     parse_scheme(config.partition)
+    check_crash_rank(config, config.workers)
 
 
 def plan_run(config: RunConfig, workers: int) -> tuple[Plan, list[WorkerRows]]:
-    """Rank 0's start-up work: everything that can be wrong with the input is found here."""
+    """Rank 0's start-up work: everything that can be wrong with the input is found here. Writes nothing."""
     run_id, csv_path, manifest_path = output_paths(config)
+    check_crash_rank(config, workers)
     loss = LOSSES[config.loss]
+    _check_synthetic_size(config.data, config)
     source = open_source(config.data)
     info = source.scan()
     if config.test_data:
         test_source = open_source(config.test_data)
         test_info = test_source.scan()
+        index_base = agree_index_base([source, test_source])
+        info, test_info = source.scan(), test_source.scan()  # the agreed base may have moved a file's columns
         train_index, test_index = np.arange(info.n), np.arange(test_info.n)
         d_features = max(info.d, test_info.d) if info.sparse and test_info.sparse else info.d
         if test_info.d != d_features:
             raise DataError(f"{config.test_data} has {test_info.d} features, the training data {info.d}")
-        test_labels = test_info.y
+        test_labels, training = test_info.y, f"training data {config.data}"
     else:
+        index_base = agree_index_base([source])
         train_index, test_index = split_test(info.n, config.held_out_fraction, config.seed)
         d_features, test_labels = info.d, info.y
-    encode = loss.fit_labels(info.y[train_index])
-    train_y, test_y = encode(info.y[train_index]), encode(test_labels[test_index])
+        training = (f"the training split of {config.data} ({train_index.size} of its {info.n} rows; "
+                    f"--test-fraction {config.held_out_fraction:g} held out)")
+    d_model = d_features + int(config.fit_intercept)
+    check_model_size(d_model, config, f"--data {config.data}")
+    encode = _with_context(loss.fit_labels, training)(info.y[train_index])
+    train_y = encode(info.y[train_index])
+    test_y = _with_context(encode, config.test_data or f"the test split of {config.data}")(test_labels[test_index])
     positions = partition(config.partition, train_index.size, workers, config.seed, train_y)
     test_parts = np.array_split(np.arange(test_index.size), workers)
     rows = [WorkerRows(train_index[p], train_y[p], test_index[t], test_y[t]) for p, t in zip(positions, test_parts)]
+    if not info.sparse:
+        largest = max(part.train_index.size + part.test_index.size for part in rows)
+        check_dense_rows(largest, d_features, f"--data {config.data}")
     n_train = sum(r.train_index.size for r in rows)
     batch_sizes = tuple(samples_per_step(config.batch_size, r.train_index.size, source.online) for r in rows)
-    plan = Plan(run_id, csv_path, manifest_path, n_train, int(test_index.size), d_features,
-                d_features + int(config.fit_intercept), batch_sizes, encode, info.sparse)
+    numbered = config.out.endswith(("/", os.sep)) or os.path.isdir(config.out)  # as output_paths decided
+    plan = Plan(run_id, csv_path, manifest_path, numbered, n_train, int(test_index.size), d_features, d_model,
+                batch_sizes, encode, info.sparse, index_base)
     return plan, rows
+
+
+def _with_context(convert, where: str):
+    """convert, with a DataError it raises prefixed by which data it was looking at."""
+    def converted(values):
+        try:
+            return convert(values)
+        except DataError as error:
+            raise DataError(f"{where}: {error}") from None
+    return converted
 
 
 def samples_per_step(batch_size: int | None, shard_rows: int, online: bool) -> int:
@@ -115,47 +251,67 @@ def samples_per_step(batch_size: int | None, shard_rows: int, online: bool) -> i
 
 
 class Preprocessor:
-    """Standardisation (over the whole training set, agreed by Allreduce) and the intercept column."""
+    """Standardisation (over the whole training set, agreed by Allreduce) and the intercept column.
 
-    def __init__(self, mean: np.ndarray | None, scale: np.ndarray | None, fit_intercept: bool):
-        self.mean, self.scale, self.fit_intercept = mean, scale, fit_intercept
+    A standardised entry is (x / bound − mean) / scale, with bound the column's largest |x|:
+    dividing by it first keeps every intermediate in [−1, 1], so a column's units (1e-200 or
+    1e200) change nothing and nothing overflows. Sparse data are not centred (mean is None).
+    """
+
+    def __init__(self, bound: np.ndarray | None, mean: np.ndarray | None, scale: np.ndarray | None, fit_intercept: bool):
+        self.bound, self.mean, self.scale, self.fit_intercept = bound, mean, scale, fit_intercept
 
     def __call__(self, X):
         if sp.issparse(X):
-            X = sp.csr_matrix(X.multiply(1.0 / self.scale)) if self.scale is not None else X
+            if self.scale is not None:
+                X = _divide_columns(_divide_columns(X, self.bound), self.scale)
             if self.fit_intercept:
                 X = sp.hstack([X, np.ones((X.shape[0], 1))], format="csr")
             return X
         if self.scale is not None:
-            X = (X - self.mean) / self.scale
+            X = (X / self.bound - self.mean) / self.scale
         if self.fit_intercept:
             X = np.hstack([X, np.ones((X.shape[0], 1))])
         return np.ascontiguousarray(X)
 
 
+def _divide_columns(X, divisors: np.ndarray) -> sp.csr_matrix:
+    """A CSR copy of X with column j divided by divisors[j], entry by entry (no reciprocal to overflow)."""
+    X = sp.csr_matrix(X, copy=True)
+    X.data /= divisors[X.indices]
+    return X
+
+
 def make_preprocessor(config: RunConfig, X, d: int, sparse: bool, allreduce) -> Preprocessor:
     """The preprocessing every rank applies, from statistics over the whole training set.
 
-    X is this rank's training rows (None on rank 0); `allreduce` sums an array over all ranks
-    in place (a collective, so every rank calls this). The variance takes a second pass over
-    the centred values, so a feature with a large mean and a small spread keeps its digits.
+    X is this rank's training rows (None on rank 0); `allreduce(buf, op)` reduces an array over
+    all ranks in place with op "sum" or "max" (a collective, so every rank calls this). Three
+    passes: each column's largest |x|, the mean of x / bound, and the variance about that mean
+    (a second pass, so a feature with a large mean and a small spread keeps its digits).
     """
     if not config.standardize:
-        return Preprocessor(None, None, config.fit_intercept)
-    totals = np.zeros(d + 1)  # [Σ x, count]
+        return Preprocessor(None, None, None, config.fit_intercept)
+    bound = np.zeros(d)
+    if X is not None and X.shape[0]:
+        bound[:] = np.asarray(abs(X).max(axis=0).todense() if sp.issparse(X) else np.abs(X).max(axis=0)).ravel()
+    allreduce(bound, "max")
+    bound[bound == 0.0] = 1.0  # an all-zero column stays zero
+    X = None if X is None else (_divide_columns(X, bound) if sp.issparse(X) else X / bound)
+    totals = np.zeros(d + 1)  # [Σ x / bound, count]
     if X is not None:
         totals[:d] = np.asarray(X.sum(axis=0)).ravel()
         totals[d] = X.shape[0]
-    allreduce(totals)
+    allreduce(totals, "sum")
     mean = totals[:d] / totals[d]
-    squares = np.zeros(d)  # Σ (x − mean)²
+    squares = np.zeros(d)  # Σ (x / bound − mean)²
     if X is not None:
         squares[:] = centred_squares(X, mean)
-    allreduce(squares)
+    allreduce(squares, "sum")
     scale = np.sqrt(squares / totals[d])
     scale[scale == 0.0] = 1.0  # a constant column stays as it is (centred to 0 when dense)
     # Centring would fill sparse data: scale only (as scikit-learn's StandardScaler(with_mean=False)).
-    return Preprocessor(None if sparse else mean, scale, config.fit_intercept)
+    return Preprocessor(bound, None if sparse else mean, scale, config.fit_intercept)
 
 
 def centred_squares(X, mean: np.ndarray) -> np.ndarray:
@@ -175,9 +331,9 @@ def make_problem(config: RunConfig, plan: Plan) -> Problem:
 
 def load_rows(config: RunConfig, plan: Plan, rows: WorkerRows):
     """(X_train, X_test) for this worker: only its rows of each source are read."""
-    source = open_source(config.data)
+    source = open_source(config.data, index_base=plan.index_base)
     X = source.rows(rows.train_index, plan.d_features)
-    test_source = open_source(config.test_data) if config.test_data else source
+    test_source = open_source(config.test_data, index_base=plan.index_base) if config.test_data else source
     X_test = test_source.rows(rows.test_index, plan.d_features) if rows.test_index.size else None
     return source, X, X_test
 
@@ -220,9 +376,17 @@ def smoothness(transport, X, problem: Problem, max_iterations: int = 200, rtol: 
 def auto_step(transport, X, problem: Problem, family: str, workers: int) -> float:
     """--lr auto: 1/L for synchronous algorithms. Asynchronous ones apply gradients about K − 1
     updates old, and gradient steps with delay τ are stable only for η ≲ 1/(L(1+τ)) (Agarwal &
-    Duchi 2011), so they get 1/(L·K). Collective."""
+    Duchi 2011), so they get 1/(L·K). Collective; an L that gives no usable step is bad input."""
+    smooth = smoothness(transport, X, problem)
+    if smooth == 0.0:
+        raise UsageError("--lr auto: the objective is flat (every feature is zero and the regulariser has no "
+                         "l2 part), so there is nothing to learn and no step size to choose")
     delay_factor = workers if family == "async" else 1
-    return 1.0 / (smoothness(transport, X, problem) * delay_factor)
+    step = 1.0 / (smooth * delay_factor)
+    if not np.isfinite(smooth) or step < np.finfo(float).tiny:
+        raise UsageError(f"--lr auto: the features are so large that the smoothness constant L is {smooth:.3g} and "
+                         "no step size is usable; standardise them (drop --no-standardize) or rescale the data")
+    return step
 
 
 def algorithm_for(config: RunConfig, problem: Problem, workers: int, lr: float):
@@ -239,5 +403,5 @@ def centralised_problem(config: RunConfig, workers: int = 1):
     plan, rows = plan_run(dataclasses.replace(config, force=True), workers)  # it writes nothing
     blocks = [load_rows(config, plan, part)[1] for part in rows]
     X = sp.vstack(blocks, format="csr") if plan.sparse else np.vstack(blocks)
-    prepare = make_preprocessor(config, X, plan.d_features, plan.sparse, allreduce=lambda total: None)
+    prepare = make_preprocessor(config, X, plan.d_features, plan.sparse, allreduce=lambda buf, op: None)
     return make_problem(config, plan), prepare(X), np.concatenate([part.train_y for part in rows])
