@@ -26,8 +26,10 @@ bench: install
 	$(BIN)/python tests/bench/run_bench.py --out runs/bench.md
 
 # Hostile inputs against the real command line (exit codes, one-line errors, nothing written); writes runs/hostile.md.
+# Then 20 pairs of runs started together into one directory, and the signal matrix (the suite runs 5 pairs).
 hostile: install
 	$(BIN)/python tests/hostile/run_hostile.py
+	DMLCLI_COLLISION_PAIRS=20 $(BIN)/python -m pytest -q tests/test_launcher.py
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff

@@ -15,11 +15,11 @@ import datetime
 import json
 import os
 import sys
-import tomllib
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import click
+import tomllib
 
 from dmlcli.algorithms.base import Param
 from dmlcli.errors import UsageError

@@ -4,6 +4,7 @@ the asynchronous server's kept models bounded in memory."""
 
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,14 +91,14 @@ def test_impossible_outputs_are_refused_before_the_run(config, tmp_path, option,
 
 def test_an_output_that_is_an_input_is_refused_even_with_force(config, tmp_path):
     data = write_csv_data(tmp_path / "data.csv", *separable())
-    before = open(data).read()
+    before = Path(data).read_text()
     os.symlink(data, tmp_path / "alias.csv")
     for out in (data, str(tmp_path / "alias.csv"), str(tmp_path / "." / "data.csv")):
         with pytest.raises(UsageError, match="is the --data file"):
             setup.precheck(config("ssgd", data=data, out=out, force=True))
     with pytest.raises(UsageError, match="is the --test-data file"):
         setup.precheck(config("ssgd", test_data=data, out=data, force=True))
-    assert open(data).read() == before
+    assert Path(data).read_text() == before
 
 
 def test_save_model_into_a_missing_directory_is_created(config, tmp_path):

@@ -5,12 +5,14 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import BIN, MPI_TIMEOUT_S, alone_env
 from dmlcli.report import read_csv
+from dmlcli.runtime.launch import Launch
 
 RUN = ["--rounds", "100000000", "--eval-every", "200", "--progress", "off", "--workers", "2"]
 SIGNAL_EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
@@ -117,7 +119,7 @@ def test_a_worker_killed_by_sigkill_is_named_in_one_line_and_the_manifest_says_f
     wait_until_training(out, process)
     ranks = {}
     for pid in (int(line.split()[0]) for line in processes_of(str(out))):
-        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")  # a rank's launcher says which it is
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")  # a rank's launcher says which it is
         rank = [int(entry.split(b"=")[1]) for entry in environ if entry.startswith(b"PMI_RANK=")]
         if rank:
             ranks[rank[0]] = pid
@@ -157,3 +159,30 @@ def test_a_usage_error_under_mpiexec_is_one_line_not_one_per_rank(tmp_path):
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "--lam" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def relayed(chunks: list[bytes], capsys) -> tuple[str, Launch]:
+    """What the launcher passes on of mpiexec's stdout arriving in these reads."""
+    launch = Launch([], {}, "/nonexistent")
+    launch._relay_stdout(chunks)
+    return capsys.readouterr().out, launch
+
+
+BANNER = (b"\n" + b"=" * 83 + b"\n=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n=   PID 4242 RUNNING AT vm\n"
+          b"=   EXIT CODE: 9\n=   CLEANING UP REMAINING PROCESSES\n" + b"=" * 83 + b"\n")
+
+
+@pytest.mark.parametrize("cut", [1, 5, 9, 20, 30, 60])
+def test_the_relay_keeps_mpiexecs_exit_codes_and_banner_out_wherever_a_read_cuts(capsys, cut):
+    output = b"round 5/5  obj 0.2\ncsv: x.csv\n" + BANNER + b"[mpiexec@vm] Exit codes: [vm] 0,9,0\nYOUR APPLICATION TERMINATED\n"
+    text, launch = relayed([output[i:i + cut] for i in range(0, len(output), cut)], capsys)
+    assert text.rstrip("\n") == "round 5/5  obj 0.2\ncsv: x.csv"  # the blank line before the banner may pass
+    assert launch.exit_codes == [0, 9, 0] and launch._failed_rank() == (1, 9)
+    assert launch._describe_bad_end(9) == "rank 1 ended abnormally (killed by SIGKILL); every rank was stopped"
+
+
+def test_the_relay_passes_other_output_through_unchanged(capsys):
+    output = b"a progress bar\r[redrawn] ====== not a banner ======\nsummary\n[mpiexec@vm] Exit codes: [vm] 0,0\n"
+    text, launch = relayed([output[:17], output[17:40], output[40:]], capsys)
+    assert text == "a progress bar\r[redrawn] ====== not a banner ======\nsummary\n"
+    assert launch.exit_codes == [0, 0] and launch.banner == ""

@@ -99,6 +99,9 @@ def test_one_rank_under_mpirun_is_a_usage_error(tmp_path):
     ("1 1:0.5\n-1 2:x\n", [], "bad.svm:2"),
     ("1 1:0.5\n2 2:0.1\n3 1:1\n", ["--test-fraction", "0"], "logistic loss needs exactly 2 distinct labels"),
     ("1 1:0.5\n-1 2:0.1\n1 1:1\n", ["--test-fraction", "0"], "more workers (4) than training samples (3)"),
+    ("1 1:1e200\n-1 2:0.1\n1 1:1\n-1 2:3\n1 1:2\n", ["--test-fraction", "0", "--no-standardize"], "smoothness constant L is inf"),
+    ("1 1:0\n-1 2:0\n1 1:0\n-1 2:0\n", ["--test-fraction", "0", "--lam", "0", "--no-fit-intercept"], "the objective is flat"),
+    ("1 1:0.5 3:1\n-1 2:0.25\n1 100000000:1\n-1 1:1\n", ["--test-fraction", "0"], "100,000,001 parameters"),
 ])
 def test_bad_data_found_by_the_ranks_is_one_line_and_exit_2(tmp_path, content, extra, message):
     data = tmp_path / "bad.svm"

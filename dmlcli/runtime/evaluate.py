@@ -88,7 +88,7 @@ class KeptModels:
     def add(self, counters: Counters, model: np.ndarray) -> None:
         self.counters.append(counters)
         if self._spill is None and (len(self._in_memory) + 1) * self.d * 8 > KEPT_IN_MEMORY_BYTES:
-            self._spill = tempfile.TemporaryFile(dir=self.directory, prefix=".dmlcli-kept-models-")
+            self._spill = tempfile.TemporaryFile(dir=self.directory, prefix=".dmlcli-kept-models-")  # noqa: SIM115 - closed by close()
             for kept in self._in_memory:
                 self._spill.write(kept.tobytes())
             self._in_memory = []

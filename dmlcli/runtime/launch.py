@@ -25,6 +25,7 @@ import ctypes
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -51,6 +52,7 @@ MPICH_ABORT_LINE = re.compile(r"^Abort\(\d+\) on node \d+.*MPI_Abort|^applicatio
 BANNER_RULE = "=" * 20
 BANNER_PID = re.compile(r"PID (\d+) RUNNING AT")
 BANNER_EXIT_CODE = re.compile(r"EXIT CODE: (\d+)")
+MPIEXEC_PREFIX = "[mpiexec@"
 EXIT_CODES_LINE = re.compile(r"^\[mpiexec@[^\]]*\] Exit codes: \[[^\]]*\] ([\d,]*)\n?", re.MULTILINE)
 
 
@@ -93,7 +95,7 @@ def relaunch(args: list[str], ranks: int, blas_threads: int) -> int:
         env.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
     with tempfile.TemporaryDirectory(prefix="dmlcli-launch-") as launch_dir:
         env[LAUNCH_DIR_VARIABLE] = launch_dir
-        return Launch(command, env, launch_dir).run()
+        return Launch(command, env, launch_dir, ranks).run()
 
 
 class Launch:
@@ -101,8 +103,9 @@ class Launch:
 
     POLL_S = 0.05
 
-    def __init__(self, command: list[str], env: dict, launch_dir: str):
-        self.command, self.env, self.launch_dir = command, env, launch_dir
+    def __init__(self, command: list[str], env: dict, launch_dir: str, ranks: int = 0):
+        self.command, self.env, self.launch_dir, self.ranks = command, env, launch_dir, ranks
+        self.first_to_end: int | None = None  # the rank that ended first (a killed rank is first, then the clean-up)
         self.pending: list[int] = []  # signals received and not yet handed to rank 0
         self.delivered: int | None = None  # the last signal handed to rank 0, and when
         self.delivered_at = -float("inf")
@@ -115,8 +118,9 @@ class Launch:
         try:
             process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        start_new_session=True, preexec_fn=_end_with_parent)
-            relays = [threading.Thread(target=self._relay_stdout, args=(process.stdout,), daemon=True),
-                      threading.Thread(target=self._relay_stderr, args=(process.stderr,), daemon=True)]
+            relays = [threading.Thread(target=self._relay_stdout, args=(_reads(process.stdout),), daemon=True),
+                      threading.Thread(target=self._relay_stderr, args=(process.stderr,), daemon=True),
+                      threading.Thread(target=self._watch_ranks, args=(process,), daemon=True)]
             for relay in relays:
                 relay.start()
             while process.poll() is None:
@@ -129,6 +133,30 @@ class Launch:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return self._conclude(process.returncode)
+
+    def _watch_ranks(self, process) -> None:
+        """Note which rank ends first. mpiexec kills the others as soon as one dies, often with the
+        same signal, and neither its banner nor its exit codes then say reliably which was first;
+        a pidfd per rank wakes this thread the moment its process ends (Linux 5.3+)."""
+        if not hasattr(os, "pidfd_open"):
+            return
+        handles: dict[int, int] = {}
+        try:
+            while process.poll() is None and self.first_to_end is None:
+                for rank, pid in self._pids().items():
+                    if rank not in handles:
+                        try:
+                            handles[rank] = os.pidfd_open(pid)
+                        except OSError:  # already gone, before we could watch it
+                            self.first_to_end = rank
+                ended, _, _ = select.select(list(handles.values()), [], [], 0 if len(handles) < self.ranks else 0.5)
+                if ended and self.first_to_end is None:
+                    self.first_to_end = min(rank for rank, handle in handles.items() if handle in ended)
+                if len(handles) < self.ranks:
+                    time.sleep(self.POLL_S)  # ranks still starting
+        finally:
+            for handle in handles.values():
+                os.close(handle)
 
     def _receive(self, signum, frame) -> None:
         self.pending.append(FORWARDED_SIGNALS[signum])
@@ -163,27 +191,31 @@ class Launch:
                         pids[int(name[5:-4])] = int(handle.read())
         return pids
 
-    def _relay_stdout(self, stream) -> None:
+    def _relay_stdout(self, chunks) -> None:
         """Pass output through as it comes (progress bars redraw without newlines), keeping back
-        mpiexec's banner: once it has begun, everything after it is mpiexec's clean-up talk."""
+        mpiexec's banner (once it has begun, everything after it is mpiexec's clean-up talk) and
+        its exit-codes line; a read may cut either anywhere."""
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         held = ""
-        for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
-            text, held = held + decoder.decode(chunk), ""
+        for chunk in chunks:
+            text = held + decoder.decode(chunk)
+            partial = text[text.rfind("\n") + 1:]
+            if not (partial.startswith(MPIEXEC_PREFIX) or MPIEXEC_PREFIX.startswith(partial) or set(partial) == {"="}):
+                partial = ""  # only the start of an exit-codes line or of the banner's rule waits for more
+            text, held = self._take_exit_codes(text[:len(text) - len(partial)]), partial
             if self.banner:
-                self.banner += self._take_exit_codes(text)
+                self.banner += text
                 continue
-            text = self._take_exit_codes(text)
             start = text.find(BANNER_RULE)
             if start >= 0:
                 lines = text[start:].split("\n", 2)
                 if len(lines) < 3:
-                    text, held = text[:start], text[start:]  # too little yet to tell
+                    text, held = text[:start], text[start:] + held  # too little yet to tell
                 elif "BAD TERMINATION" in lines[1]:
                     text, self.banner = text[:start], text[start:]
             sys.stdout.write(text)
             sys.stdout.flush()
-        sys.stdout.write(held)
+        sys.stdout.write(self._take_exit_codes(held))
         sys.stdout.flush()
 
     def _take_exit_codes(self, text: str) -> str:
@@ -219,13 +251,16 @@ class Launch:
         return code
 
     def _rank_0_killed_by(self, signum: int) -> bool:
-        return self._failed_rank() == (0, signum)
+        return bool(self.exit_codes) and self.exit_codes[0] in (signum, 128 + signum)
 
     def _failed_rank(self) -> tuple[int | None, int | None]:
-        """(rank, exit code) of the rank that ended badly: from the per-rank exit codes, else from
-        the banner's PID; None where neither tells."""
+        """(rank, exit code) of the rank that ended badly: the first to end, else from the per-rank
+        exit codes, else from the banner's PID; None where nothing tells."""
         banner_codes = [int(found) for found in BANNER_EXIT_CODE.findall(self.banner)]
         code = banner_codes[0] if banner_codes else None
+        if self.first_to_end is not None:
+            rank = self.first_to_end
+            return rank, self.exit_codes[rank] if rank < len(self.exit_codes) else code
         failed = [rank for rank, rank_code in enumerate(self.exit_codes) if rank_code]
         if code in self.exit_codes:
             return self.exit_codes.index(code), code
@@ -254,6 +289,11 @@ class Launch:
         if manifest.get("status") == "running":
             manifest.update(status="failed", reason=reason.removeprefix("dmlcli: "), ended=utc_now())
             write_manifest(path, manifest)
+
+
+def _reads(stream):
+    """Whatever is in the pipe, as soon as it is there (a line-wise read would hold back a progress bar)."""
+    return iter(lambda: os.read(stream.fileno(), 65536), b"")
 
 
 def _signal_or_code(code: int) -> str:
