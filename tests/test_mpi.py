@@ -134,3 +134,21 @@ def test_a_signal_stops_the_run_gracefully_with_complete_outputs(tmp_path, algor
     assert manifest["status"] == "interrupted"
     rows = read_csv(out)
     assert rows[-1]["round"] > 0 and np.isfinite(rows[-1]["objective"])
+
+
+@pytest.mark.parametrize("algorithm,options", [
+    ("ma", ["--local-steps", "5", "--rounds", "100"]),
+    ("easgd", ["--period", "5", "--rounds", "200"]),
+])
+def test_model_averaging_family_reaches_the_reference_under_mpiexec(tmp_path, algorithm, options):
+    out = tmp_path / f"{algorithm}.csv"
+    done = dmlcli_mpi(4, "train", algorithm, *PROBLEM[:-4], *options, "--progress", "off", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    optimum = reference_objective(make_config(algorithm, batch_size=None, lam=0.01))
+    assert (objectives(out)[-1] - optimum) / optimum <= 1e-2
+
+
+def test_a_refused_hyper_parameter_is_one_line_under_mpiexec(tmp_path):
+    done = dmlcli_mpi(4, "train", "easgd", "--rho", "100", "--lr", "0.2", "--out", str(tmp_path / "x.csv"))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "rho" in done.stderr
+    assert list(tmp_path.iterdir()) == []

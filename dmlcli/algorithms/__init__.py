@@ -1,8 +1,10 @@
 """The registry of algorithms: name -> AlgorithmSpec. Add a module, then add it here."""
 
-from dmlcli.algorithms import asgd, ssgd
+from dmlcli.algorithms import asgd, bmuf, dadam, easgd, ma, ssgd, storm
 from dmlcli.algorithms.base import AlgorithmSpec, AsyncAlgorithm, Param, Settings, SyncAlgorithm
 
-REGISTRY: dict[str, AlgorithmSpec] = {spec.name: spec for spec in (ssgd.SPEC, asgd.SPEC)}
+REGISTRY: dict[str, AlgorithmSpec] = {
+    spec.name: spec for spec in (ssgd.SPEC, asgd.SPEC, ma.SPEC, bmuf.SPEC, easgd.SPEC, dadam.SPEC, storm.SPEC)
+}
 
 __all__ = ["REGISTRY", "AlgorithmSpec", "AsyncAlgorithm", "Param", "Settings", "SyncAlgorithm"]

@@ -54,9 +54,10 @@ class Settings:
 class SyncAlgorithm(NamedTuple):
     init: Callable  # (w0) -> state
     local: Callable  # (state, shard) -> (message, state); message has message_size entries
-    combine: Callable  # (state, summed_message) -> state
-    model: Callable  # (state) -> the model w to evaluate
+    combine: Callable  # (state, summed_message) -> state; the same model on every rank afterwards
+    model: Callable  # (state) -> the model w to evaluate (equal on every rank)
     message_size: int
+    local_steps: int = 1  # mini-batch steps each worker takes per round, for the CSV's updates and epochs
 
 
 class AsyncAlgorithm(NamedTuple):

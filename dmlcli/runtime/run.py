@@ -88,11 +88,11 @@ def _prepare(config, transport, stop, plan, rows):
     shard, test = setup.make_shards(config, plan, my_rows, source, X, X_test, prepare, rank) if my_rows else (None, None)
     problem = setup.make_problem(config, plan)
     spec = setup.REGISTRY[config.algorithm]
-    try:
+    try:  # every rank computes the same step and builds the same algorithm, so every rank knows
         lr = config.lr or setup.auto_step(transport, shard.X if shard else None, problem, spec.family, workers)
-    except UsageError as error:  # every rank computed the same L, so every rank knows
+        algorithm = setup.algorithm_for(config, problem, workers, lr)
+    except UsageError as error:
         raise CollectiveUsageError(str(error)) from None
-    algorithm = setup.algorithm_for(config, problem, workers, lr)
     mpi = transport.describe()
 
     recorder = manifest = None

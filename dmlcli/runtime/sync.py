@@ -16,7 +16,7 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
     # The last slot is rank 0's stop flag, so the time limit needs no extra message.
     buf = np.zeros(algorithm.message_size + 1)
     counters = Counters()
-    samples_per_round = sum(ctx.plan.batch_sizes)
+    samples_per_round = sum(ctx.plan.batch_sizes) * algorithm.local_steps
     watch = Stopwatch()
 
     def evaluate() -> bool:
@@ -42,7 +42,7 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
         state = algorithm.combine(state, buf[:-1])
 
         counters.round = round_
-        counters.updates += ctx.workers
+        counters.updates += ctx.workers * algorithm.local_steps
         counters.samples += samples_per_round
         counters.bytes_sent += buf.nbytes * transport.size
         counters.messages += transport.size
