@@ -12,10 +12,13 @@ def problem():
     return Problem(LOSSES["squared"], make_regularizer("l2", 0.5), n=10, d=3)
 
 
-def shard_of(rows, seed=0):
+def shard_of(rows, seed=0, n=10):
+    """A shard of `rows` of the problem's n, weighted n_k/n as the runtime weights it when every client takes part."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(rows, 3))
-    return Shard(X, X @ np.array([1.0, -2.0, 0.5]), np.random.default_rng(seed))
+    shard = Shard(X, X @ np.array([1.0, -2.0, 0.5]), np.random.default_rng(seed))
+    shard.weight = rows / n
+    return shard
 
 
 def test_ssgd_local_weights_by_shard_size_and_combine_is_a_prox_step(problem):

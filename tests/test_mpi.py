@@ -152,3 +152,16 @@ def test_a_refused_hyper_parameter_is_one_line_under_mpiexec(tmp_path):
     done = dmlcli_mpi(4, "train", "easgd", "--rho", "100", "--lr", "0.2", "--out", str(tmp_path / "x.csv"))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "rho" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fedavg_over_200_clients_on_4_worker_ranks(tmp_path):
+    """`ma --clients 200 --client-fraction 0.1` under mpiexec: 20 clients every round (that a rank
+    loads only its clients' rows is checked in tests/test_clients.py)."""
+    out = tmp_path / "fedavg.csv"
+    done = dmlcli_mpi(5, "train", "ma", "--clients", "200", "--client-fraction", "0.1", "--data",
+                      "synthetic:n=20000,d=50", "--batch-size", "16", "--rounds", "50", "--progress", "off", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = read_csv(out)
+    assert {row["active_clients"] for row in rows} == {20} and rows[-1]["updates"] == 50 * 20 * 5
+    assert rows[-1]["objective"] < rows[0]["objective"]
+    assert json.loads(out.with_suffix(".json").read_text())["clients"] == 200

@@ -28,8 +28,9 @@ def shard_pair(seed=0):
     for k, rows in enumerate((4, 6)):
         X = np.random.default_rng(seed + k).normal(size=(rows, 3))
         y = X @ TRUE_W + 0.1 * np.random.default_rng(seed + 10 + k).normal(size=rows)
-        shards.append(Shard(X, y, np.random.default_rng(seed + 20 + k)))
-        twins.append(Shard(X, y, np.random.default_rng(seed + 20 + k)))
+        for pair in (shards, twins):
+            pair.append(Shard(X, y, np.random.default_rng(seed + 20 + k)))
+            pair[-1].weight = rows / N  # as the runtime weights it when every client takes part
     return shards, twins
 
 
@@ -278,6 +279,9 @@ def test_easgd_beta_is_checked_against_the_resolved_step(config):
     ["train", "easgd", "--rho", "-1"],
     ["train", "ma", "--local-steps", "0"],
     ["train", "dadam", "--set", "eps=-1"],
+    ["train", "scaffold", "--local-steps", "0"],
+    ["train", "scaffold", "--global-lr", "0"],
+    ["train", "scaffold", "--set", "local_lr=-1"],
 ])
 def test_the_command_line_refuses_them_before_launching(capsys, args):
     from dmlcli.cli import main

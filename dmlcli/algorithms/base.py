@@ -77,6 +77,7 @@ class AlgorithmSpec:
     build: Callable  # (problem, settings, **params) -> SyncAlgorithm | AsyncAlgorithm
     params: tuple[Param, ...] = field(default_factory=tuple)
     extra_columns: tuple[str, ...] = ()
+    client_sampling: bool = True  # False: every client must take part in every round (--client-fraction 1)
 
     @property
     def doc(self) -> str:

@@ -35,7 +35,7 @@ def bmuf(problem, settings, local_steps=5, block_momentum=0.9, block_lr=1.0, nes
 
     def local(state, shard):
         _, start, _ = state
-        return (shard.n / problem.n) * local_prox_sgd(problem, start, shard, eta, batch, local_steps), state
+        return shard.weight * local_prox_sgd(problem, start, shard, eta, batch, local_steps), state
 
     def combine(state, mean):
         w, start, delta = state

@@ -34,7 +34,7 @@ def dadam(problem, settings, beta1=0.9, beta2=0.999, eps=1e-8):
 
     def local(state, shard):
         X, y = shard.batch(batch)
-        return (shard.n / problem.n) * problem.grad_mean(state[0], X, y), state
+        return shard.weight * problem.grad_mean(state[0], X, y), state
 
     def combine(state, g):
         w, m, v, t = state

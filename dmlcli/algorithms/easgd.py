@@ -41,7 +41,7 @@ def easgd(problem, settings, rho=None, period=1):
     def local(state, shard):
         w, centre = state
         w = local_prox_sgd(problem, w, shard, eta, batch, period)
-        return (shard.n / problem.n) * w, (w, centre)
+        return shard.weight * w, (w, centre)
 
     def combine(state, mean):
         w, centre = state
@@ -59,4 +59,5 @@ SPEC = AlgorithmSpec(
               "elastic coupling ρ: α = ηρ, β = Kα must be below 1 (default: ρ = 0.9/(Kη), i.e. β = 0.9)"),
         Param("period", click.IntRange(min=1), 1, "local SGD steps τ between communications"),
     ),
+    client_sampling=False,  # a client that sits a round out would still be pulled to the centre
 )

@@ -35,7 +35,7 @@ def ma(problem, settings, local_steps=5):
         return w0.copy()
 
     def local(w, shard):
-        return (shard.n / problem.n) * local_prox_sgd(problem, w, shard, eta, batch, local_steps), w
+        return shard.weight * local_prox_sgd(problem, w, shard, eta, batch, local_steps), w
 
     def combine(w, mean):
         return mean.copy()  # the runtime reuses its buffer

@@ -20,7 +20,7 @@ def ssgd(problem, settings):
 
     def local(w, shard):
         X, y = shard.batch(batch)
-        return (shard.n / problem.n) * problem.grad_mean(w, X, y), w
+        return shard.weight * problem.grad_mean(w, X, y), w
 
     def combine(w, g):
         return problem.reg.prox(w - eta * g, eta)

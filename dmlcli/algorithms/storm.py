@@ -32,7 +32,7 @@ def storm(problem, settings, momentum=0.1):
             d = gradient
         else:
             d = gradient + (1.0 - a) * (d - problem.grad_mean(previous, X, y))
-        return (shard.n / problem.n) * d, (w, previous, d)
+        return shard.weight * d, (w, previous, d)
 
     def combine(state, mean):
         w, _, d = state

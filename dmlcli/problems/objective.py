@@ -31,16 +31,19 @@ class Problem:
 
 
 class Shard:
-    """A worker's training rows (already standardised, intercept appended) and its mini-batch sampler.
+    """A client's training rows (already standardised, intercept appended) and its mini-batch sampler.
 
     Offline data: batches walk a fresh seeded permutation of the shard each epoch (sampling
     without replacement). Online data: every batch is a fresh draw from the generating
     distribution through `draw(rng, m)`, and X, y are only the fixed sample used to evaluate F.
     """
 
-    def __init__(self, X, y: np.ndarray, rng: np.random.Generator, draw=None):
-        self.X, self.y, self.rng, self._draw = X, y, rng, draw
+    def __init__(self, X, y: np.ndarray, rng: np.random.Generator, draw=None, client: int = 0):
+        self.X, self.y, self.rng, self._draw, self.client = X, y, rng, draw, client
         self.n = y.shape[0]
+        # This shard's share of a round's message: n_k over the rows of the clients taking part
+        # (n_k/n when all do). The runtime sets it each round; algorithms weight by it.
+        self.weight = 1.0
         self._order = np.arange(self.n)
         self._cursor = self.n
 

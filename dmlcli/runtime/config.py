@@ -91,6 +91,10 @@ SHARED_OPTIONS: tuple[Param, ...] = (
     Param("partition", str, "shuffle", "how samples go to workers: contiguous, shuffle, sample, dirichlet:ALPHA"),
     Param("seed", click.IntRange(min=0), 0, "seed of everything random in the run"),
     Param("workers", click.IntRange(min=1), 4, "workers when dmlcli starts MPI itself (under mpirun: ranks − 1)"),
+    Param("clients", click.IntRange(min=1), None,
+          "split the training set into this many clients (--partition), spread over the workers (default: one per worker)"),
+    Param("client_fraction", click.FloatRange(0, 1, min_open=True), 1.0,
+          "clients taking part each round: ⌈C·N⌉ of them, sampled with the seed, the same on every rank (FedAvg)"),
     Param("out", str, "runs/", "CSV file to write, or a directory (ending in /) to write <run_id>.csv in"),
     Param("force", bool, False, "overwrite existing output files"),
     Param("save_model", str, None, "write the final model to this .npy file"),
@@ -124,6 +128,8 @@ class RunConfig:
     partition: str
     seed: int
     workers: int
+    clients: int | None  # None: one client per worker
+    client_fraction: float
     out: str
     force: bool
     save_model: str | None

@@ -49,11 +49,16 @@ class RunContext:
     config: object  # RunConfig
     plan: object  # Plan
     problem: object  # Problem
-    shard: object | None  # None on rank 0
+    shards: list  # this rank's clients' Shards, in client order (none on rank 0)
     evaluator: Evaluator
     recorder: Recorder | None  # rank 0 only
     algorithm: object  # SyncAlgorithm or AsyncAlgorithm
     stop: StopRequest = field(default_factory=StopRequest)  # signals reach it on rank 0 only
+
+    @property
+    def shard(self):
+        """The one shard of a rank with one client (asynchronous algorithms); None on rank 0."""
+        return self.shards[0] if self.shards else None
 
     @property
     def rank(self) -> int:

@@ -37,17 +37,17 @@ class Evaluator:
     product), one Allreduce adds them up; ranks without data add zeros.
     """
 
-    def __init__(self, transport, problem, n_test: int, shard, test):
+    def __init__(self, transport, problem, n_test: int, shards: list, test):
         self.transport, self.problem, self.n_test = transport, problem, n_test
-        self.shard, self.test = shard, test
+        self.shards, self.test = shards, test
 
     def _local_sums(self, models: np.ndarray) -> np.ndarray:
         """Per model: [train loss sum, test loss sum, test metric sum] over this rank's rows."""
         sums = np.zeros((models.shape[0], 3))
         loss = self.problem.loss
-        if self.shard is not None:
-            Z = np.asarray(self.shard.X @ models.T)
-            sums[:, 0] = loss.value(Z, self.shard.y[:, None]).sum(axis=0)
+        for shard in self.shards:
+            Z = np.asarray(shard.X @ models.T)
+            sums[:, 0] += loss.value(Z, shard.y[:, None]).sum(axis=0)
         if self.test is not None:
             X_test, y_test = self.test
             Z = np.asarray(X_test @ models.T)

@@ -24,6 +24,7 @@ class CollectiveUsageError(UsageError):
 
 
 LOOPS = {"sync": run_sync, "async": run_async}
+FAMILY_COLUMNS = {"sync": ("active_clients",), "async": ()}  # CSV columns the family's loop adds
 EXIT_CODES = {"completed": 0, "diverged": 3}  # interrupted: 128 + the signal, as a shell reports it
 
 
@@ -85,12 +86,13 @@ def _prepare(config, transport, stop, plan, rows):
     else:
         source = X = X_test = None
     prepare = setup.make_preprocessor(config, X, plan.d_features, plan.sparse, transport.allreduce)
-    shard, test = setup.make_shards(config, plan, my_rows, source, X, X_test, prepare, rank) if my_rows else (None, None)
+    shards, test = setup.make_shards(config, plan, my_rows, source, X, X_test, prepare) if my_rows else ([], None)
+    del X  # the shards hold the preprocessed rows
     problem = setup.make_problem(config, plan)
     spec = setup.REGISTRY[config.algorithm]
     try:  # every rank computes the same step and builds the same algorithm, so every rank knows
-        lr = config.lr or setup.auto_step(transport, shard.X if shard else None, problem, spec.family, workers)
-        algorithm = setup.algorithm_for(config, problem, workers, lr)
+        lr = config.lr or setup.auto_step(transport, [s.X for s in shards], problem, spec.family, workers)
+        algorithm = setup.algorithm_for(config, problem, len(plan.client_sizes), lr)
     except UsageError as error:
         raise CollectiveUsageError(str(error)) from None
     mpi = transport.describe()
@@ -102,17 +104,18 @@ def _prepare(config, transport, stop, plan, rows):
             "config": dataclasses.asdict(config), "seed": config.seed, "csv": plan.csv_path, "lr": lr,
             "data": {"n_train": plan.n_train, "n_test": plan.n_test, "features": plan.d_features,
                      "model_size": plan.d_model, "sparse": plan.sparse, "index_base": plan.index_base},
-            "mpi": mpi, "workers": workers, "versions": software_versions(),
+            "mpi": mpi, "workers": workers, "clients": len(plan.client_sizes), "versions": software_versions(),
             "git_revision": git_revision(os.getcwd()), "started": utc_now(), "ended": None,
         }
         write_manifest(plan.manifest_path, manifest)
         tell_launcher("manifest", plan.manifest_path)
         # reserve_outputs created the CSV for this run alone: writing into it replaces nothing.
-        log = CsvLog(plan.csv_path, plan.run_id, config.algorithm, spec.extra_columns, overwrite=True)
+        columns = (*FAMILY_COLUMNS[spec.family], *spec.extra_columns)
+        log = CsvLog(plan.csv_path, plan.run_id, config.algorithm, columns, overwrite=True)
         progress = make_progress(config.progress, config.rounds, config.time_limit, f"{config.algorithm} ×{workers}")
         recorder = Recorder(log, progress, plan.n_train)
-    evaluator = Evaluator(transport, problem, plan.n_test, shard, test)
-    return RunContext(transport, config, plan, problem, shard, evaluator, recorder, algorithm, stop), manifest
+    evaluator = Evaluator(transport, problem, plan.n_test, shards, test)
+    return RunContext(transport, config, plan, problem, shards, evaluator, recorder, algorithm, stop), manifest
 
 
 def _record_failure(ctx, manifest, error: BaseException) -> None:

@@ -38,7 +38,8 @@ class Plan:
     n_test: int
     d_features: int
     d_model: int
-    batch_sizes: tuple[int, ...]  # samples each worker uses per step, for epoch counts
+    batch_sizes: tuple[int, ...]  # samples each client uses per step, for epoch counts
+    client_sizes: tuple[int, ...]  # training rows of each client (clients 0..N−1, one per worker by default)
     label_encoder: object
     sparse: bool
     index_base: int | None  # LIBSVM files: the index base agreed for training and test files
@@ -46,12 +47,15 @@ class Plan:
 
 @dataclass(frozen=True)
 class WorkerRows:
-    """The rows one worker loads: indices into the training and test sources, encoded labels."""
+    """The rows one worker loads: indices into the training and test sources, encoded labels.
+    Its training rows are those of its clients first_client, first_client + 1, …, in that order."""
 
     train_index: np.ndarray
     train_y: np.ndarray
     test_index: np.ndarray
     test_y: np.ndarray
+    first_client: int
+    client_sizes: tuple[int, ...]
 
 
 def output_paths(config: RunConfig) -> tuple[str, str, str]:
@@ -160,6 +164,20 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def check_clients(config: RunConfig, workers: int) -> int:
+    """The number of clients N: at least one per worker; only synchronous algorithms have them yet."""
+    spec = REGISTRY[config.algorithm]
+    clients = config.clients or workers
+    if clients < workers:
+        raise UsageError(f"--clients {clients} is fewer than the {workers} workers; every worker needs a client")
+    if spec.family != "sync" and (clients != workers or config.client_fraction < 1.0):
+        raise UsageError(f"{config.algorithm}: --clients and --client-fraction are for synchronous algorithms so far")
+    if config.client_fraction < 1.0 and not spec.client_sampling:
+        raise UsageError(f"{config.algorithm} keeps every client's state in step each round; "
+                         "--client-fraction below 1 is not defined for it")
+    return clients
+
+
 def check_crash_rank(config: RunConfig, workers: int) -> None:
     if config.crash and config.crash[0] > workers:
         rank, step = config.crash
@@ -189,6 +207,7 @@ def precheck(config: RunConfig) -> None:
             open_source(spec)
     parse_scheme(config.partition)
     check_crash_rank(config, config.workers)
+    check_clients(config, config.workers)
 
 
 def plan_run(config: RunConfig, workers: int) -> tuple[Plan, list[WorkerRows]]:
@@ -220,17 +239,23 @@ def plan_run(config: RunConfig, workers: int) -> tuple[Plan, list[WorkerRows]]:
     encode = _with_context(loss.fit_labels, training)(info.y[train_index])
     train_y = encode(info.y[train_index])
     test_y = _with_context(encode, config.test_data or f"the test split of {config.data}")(test_labels[test_index])
-    positions = partition(config.partition, train_index.size, workers, config.seed, train_y)
+    clients = check_clients(config, workers)
+    positions = partition(config.partition, train_index.size, clients, config.seed, train_y)
     test_parts = np.array_split(np.arange(test_index.size), workers)
-    rows = [WorkerRows(train_index[p], train_y[p], test_index[t], test_y[t]) for p, t in zip(positions, test_parts)]
+    rows = []
+    for mine, t in zip(np.array_split(np.arange(clients), workers), test_parts):  # contiguous blocks of clients
+        p = np.concatenate([positions[c] for c in mine])
+        sizes = tuple(positions[c].size for c in mine)
+        rows.append(WorkerRows(train_index[p], train_y[p], test_index[t], test_y[t], int(mine[0]), sizes))
     if not info.sparse:
         largest = max(part.train_index.size + part.test_index.size for part in rows)
         check_dense_rows(largest, d_features, f"--data {config.data}")
     n_train = sum(r.train_index.size for r in rows)
-    batch_sizes = tuple(samples_per_step(config.batch_size, r.train_index.size, source.online) for r in rows)
+    client_sizes = tuple(part.size for part in positions)
+    batch_sizes = tuple(samples_per_step(config.batch_size, size, source.online) for size in client_sizes)
     numbered = config.out.endswith(("/", os.sep)) or os.path.isdir(config.out)  # as output_paths decided
     plan = Plan(run_id, csv_path, manifest_path, numbered, n_train, int(test_index.size), d_features, d_model,
-                batch_sizes, encode, info.sparse, index_base)
+                batch_sizes, client_sizes, encode, info.sparse, index_base)
     return plan, rows
 
 
@@ -338,31 +363,38 @@ def load_rows(config: RunConfig, plan: Plan, rows: WorkerRows):
     return source, X, X_test
 
 
-def make_shards(config: RunConfig, plan: Plan, rows: WorkerRows, source, X, X_test, prepare: Preprocessor, rank: int):
-    """The worker's training shard (with its sampler) and test block, preprocessed."""
-    rng = np.random.default_rng([config.seed, SAMPLER_STREAM, rank])
-    draw = None
-    if source.online:
-        def draw(generator, m):
-            X_new, y_new = source.draw(generator, m)
-            return prepare(X_new), plan.label_encoder(y_new)
-    shard = Shard(prepare(X), rows.train_y, rng, draw)
+def make_shards(config: RunConfig, plan: Plan, rows: WorkerRows, source, X, X_test, prepare: Preprocessor):
+    """The worker's client shards (each with its own sampler, seeded by its client number, so one
+    client per worker samples as the worker always did) and its test block, preprocessed."""
+    X = prepare(X)
+    shards, start = [], 0
+    for offset, size in enumerate(rows.client_sizes):
+        client = rows.first_client + offset
+        rng = np.random.default_rng([config.seed, SAMPLER_STREAM, client + 1])
+        draw = None
+        if source.online:
+            def draw(generator, m):
+                X_new, y_new = source.draw(generator, m)
+                return prepare(X_new), plan.label_encoder(y_new)
+        block = X if size == X.shape[0] else X[start:start + size]
+        shards.append(Shard(block, rows.train_y[start:start + size], rng, draw, client=client))
+        start += size
     test = (prepare(X_test), rows.test_y) if X_test is not None else None
-    return shard, test
+    return shards, test
 
 
-def smoothness(transport, X, problem: Problem, max_iterations: int = 200, rtol: float = 1e-6) -> float:
+def smoothness(transport, blocks, problem: Problem, max_iterations: int = 200, rtol: float = 1e-6) -> float:
     """L with F L-smooth: curvature · λmax(XᵀX)/n + l2, λmax by power iteration over all shards.
 
-    Collective: each iteration is one Allreduce of Σ_k X_kᵀX_k v; every rank sees the same
-    iterate, so all stop together.
+    `blocks` are this rank's training matrices (its clients'; none on rank 0). Collective: each
+    iteration is one Allreduce of Σ_k X_kᵀX_k v; every rank sees the same iterate, so all stop together.
     """
     v = np.random.default_rng(0).standard_normal(problem.d)
     v /= np.linalg.norm(v)
     u = np.empty(problem.d)
     largest = 0.0
     for _ in range(max_iterations):
-        u[:] = X.T @ (X @ v) if X is not None else 0.0
+        u[:] = sum((X.T @ (X @ v) for X in blocks), np.zeros(problem.d))
         transport.allreduce(u)
         previous, largest = largest, float(np.linalg.norm(u))
         if largest == 0.0:
@@ -373,11 +405,11 @@ def smoothness(transport, X, problem: Problem, max_iterations: int = 200, rtol: 
     return problem.loss.curvature * largest / problem.n + problem.reg.l2
 
 
-def auto_step(transport, X, problem: Problem, family: str, workers: int) -> float:
+def auto_step(transport, blocks, problem: Problem, family: str, workers: int) -> float:
     """--lr auto: 1/L for synchronous algorithms. Asynchronous ones apply gradients about K − 1
     updates old, and gradient steps with delay τ are stable only for η ≲ 1/(L(1+τ)) (Agarwal &
     Duchi 2011), so they get 1/(L·K). Collective; an L that gives no usable step is bad input."""
-    smooth = smoothness(transport, X, problem)
+    smooth = smoothness(transport, blocks, problem)
     if smooth == 0.0:
         raise UsageError("--lr auto: the objective is flat (every feature is zero and the regulariser has no "
                          "l2 part), so there is nothing to learn and no step size to choose")

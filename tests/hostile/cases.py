@@ -590,3 +590,15 @@ case("run.asgd-2-workers", T("--workers", "2", algo="asgd"), 0, note="accepted")
 case("run.ssgd-2-workers-batch-all", T("--workers", "2", "--batch-size", "all"), 0, note="accepted")
 case("run.huge-rounds-with-time-limit", T("--rounds", "10000000000000000000000", "--time-limit", "2"), (0, 2),
      max_seconds=30, note="accepted or refused, but ends")
+
+# 11. The synchronous family's hyper-parameters -------------------------------------------------------
+bad("algo.easgd-beta-at-least-1", T("--workers", "2", "--lr", "0.5", "--rho", "1", algo="easgd"), stderr=(opt("--rho"),))
+bad("algo.easgd-rho-negative", T("--rho", "-1", algo="easgd"), stderr=(opt("--rho"),))
+bad("algo.bmuf-momentum-1", T("--block-momentum", "1", algo="bmuf"), stderr=(opt("--block-momentum"),))
+bad("algo.bmuf-block-lr-nan", T("--block-lr", "nan", algo="bmuf"), stderr=(opt("--block-lr"),))
+bad("algo.storm-momentum-0", T("--momentum", "0", algo="storm"), stderr=(opt("--momentum"),))
+bad("algo.dadam-beta2-1.5", T("--beta2", "1.5", algo="dadam"), stderr=(opt("--beta2"),))
+bad("algo.ma-local-steps-0", T("--local-steps", "0", algo="ma"), stderr=(opt("--local-steps"),))
+bad("algo.ma-param-for-ssgd", T("--local-steps", "3"), stderr=(opt("--local-steps"),))
+for algo in ("ma", "bmuf", "easgd", "dadam", "storm"):
+    case(f"run.{algo}-2-workers", T("--workers", "2", algo=algo), 0, note="accepted")
