@@ -43,7 +43,12 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
     w0 = ctx.initial_model()
     states = {shard.client: algorithm.init(w0) for shard in ctx.shards} or {None: algorithm.init(w0)}
     sampler = ClientSampler(len(plan.client_sizes), config.client_fraction, config.seed)
+    everyone = sampler.count == sampler.clients
     sizes, batch_sizes = np.array(plan.client_sizes), np.array(plan.batch_sizes)
+    taking_part = ctx.shards if everyone else []
+    for shard in taking_part:
+        shard.weight = shard.n / plan.n_train
+    samples_per_round = int(batch_sizes.sum()) * algorithm.local_steps
     # The last slot is rank 0's stop flag, so the time limit needs no extra message.
     buf = np.zeros(algorithm.message_size + 1)
     counters = Counters(extras={"active_clients": sampler.count})
@@ -65,13 +70,20 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
         return model(), "diverged"
     for round_ in range(1, config.rounds + 1):
         ctx.check_crash(round_)
-        active = sampler.active(round_)
-        taking_part = sizes[active].sum()
-        buf[:-1] = 0.0
-        for shard in ctx.shards:
-            if sampler.count == sampler.clients or shard.client in active:
-                shard.weight = shard.n / taking_part
-                message, states[shard.client] = algorithm.local(states[shard.client], shard)
+        if not everyone:
+            active = sampler.active(round_)
+            chosen, rows = set(active.tolist()), sizes[active].sum()
+            taking_part = [shard for shard in ctx.shards if shard.client in chosen]
+            for shard in taking_part:
+                shard.weight = shard.n / rows
+            samples_per_round = int(batch_sizes[active].sum()) * algorithm.local_steps
+        if not taking_part:
+            buf[:-1] = 0.0
+        for position, shard in enumerate(taking_part):
+            message, states[shard.client] = algorithm.local(states[shard.client], shard)
+            if position == 0:
+                buf[:-1] = message
+            else:
                 buf[:-1] += message
         buf[-1] = float(ctx.rank == 0 and ctx.should_stop(watch))
         transport.allreduce(buf)
@@ -79,8 +91,8 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
             states[client] = algorithm.combine(state, buf[:-1])
 
         counters.round = round_
-        counters.updates += active.size * algorithm.local_steps
-        counters.samples += int(batch_sizes[active].sum()) * algorithm.local_steps
+        counters.updates += sampler.count * algorithm.local_steps
+        counters.samples += samples_per_round
         counters.bytes_sent += buf.nbytes * transport.size
         counters.messages += transport.size
         stop = buf[-1] > 0 or round_ == config.rounds
