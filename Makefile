@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench hostile lint clean
+.PHONY: install demo test bench hostile seed004 lint clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ bench: install
 hostile: install
 	$(BIN)/python tests/hostile/run_hostile.py
 	DMLCLI_COLLISION_PAIRS=20 $(BIN)/python -m pytest -q tests/test_launcher.py
+
+# Seed 004's experiment (ssgd, ma, bmuf, easgd on breast_cancer) over seeds 0-9, raw and standardised; writes runs/seed004.md.
+seed004: install
+	$(BIN)/python recipes/seed004.py --out runs/seed004.md
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff
