@@ -37,7 +37,7 @@ seed004: install
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff
-	$(BIN)/ruff check dmlcli tests
+	$(BIN)/ruff check dmlcli tests recipes
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALGORITHMS = ("ssgd", "ma", "bmuf", "easgd")
@@ -47,7 +48,7 @@ def one_run(algorithm: str, extra: list[str], seed: int, timeout: float) -> dict
             return {"status": "timeout", "code": None}
         manifests = glob.glob(os.path.join(tmp, "*.json"))
         csvs = glob.glob(os.path.join(tmp, "*.csv"))
-        status = json.load(open(manifests[0])).get("status") if manifests else None
+        status = json.loads(Path(manifests[0]).read_text()).get("status") if manifests else None
         result = {"status": status or f"exit {done.returncode}", "code": done.returncode}
         if done.returncode not in (0, 3):
             result["stderr"] = done.stderr.strip().splitlines()[-1:] if done.stderr else []
