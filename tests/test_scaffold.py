@@ -3,7 +3,7 @@ centralised reference where ma stalls (label skew), and refused hyper-parameters
 
 import numpy as np
 import pytest
-from test_sync_family import shard_pair
+from test_sync_family import rounds_by_hand, shard_pair
 
 from conftest import objectives, reference_objective
 from dmlcli.algorithms import REGISTRY, Settings
@@ -21,18 +21,11 @@ def problem():
 
 
 def simulate(algorithm, shards, w0, rounds):
-    """The sync runtime by hand: rank 0 (no shard) sends zeros. Returns each round's states of ranks
-    0..K, checking that every rank holds the same model and the same server control c."""
-    states = [algorithm.init(w0) for _ in range(len(shards) + 1)]
+    """Each round's states of ranks 0..K (rounds_by_hand), checking that every rank also holds the
+    same server control c."""
     history = []
-    for _ in range(rounds):
-        summed = np.zeros(algorithm.message_size)
-        for k, shard in enumerate(shards, start=1):
-            message, states[k] = algorithm.local(states[k], shard)
-            summed += message
-        states = [algorithm.combine(state, summed.copy()) for state in states]
-        for x, c, _ in states[1:]:
-            np.testing.assert_array_equal(x, states[0][0])
+    for states in rounds_by_hand(algorithm, shards, w0, rounds):
+        for _, c, _ in states[1:]:
             np.testing.assert_array_equal(c, states[0][1])
         history.append([tuple(part.copy() for part in state) for state in states])
     return history

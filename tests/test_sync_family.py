@@ -34,22 +34,24 @@ def shard_pair(seed=0):
     return shards, twins
 
 
-def simulate(algorithm, shards, w0, rounds):
-    """The sync runtime by hand: rank 0 (no shard) sends zeros; returns the model after each round,
-    checking that every rank holds the same model."""
+def rounds_by_hand(algorithm, shards, w0, rounds):
+    """The sync runtime by hand: rank 0 (no shard) sends zeros. Yields every rank's state after
+    each round, having checked that every rank holds the same model."""
     states = [algorithm.init(w0) for _ in range(len(shards) + 1)]
-    models = []
     for _ in range(rounds):
         summed = np.zeros(algorithm.message_size)
         for k, shard in enumerate(shards, start=1):
             message, states[k] = algorithm.local(states[k], shard)
             summed += message
         states = [algorithm.combine(state, summed.copy()) for state in states]
-        ranks = [algorithm.model(state) for state in states]
-        for other in ranks[1:]:
-            np.testing.assert_array_equal(other, ranks[0])
-        models.append(ranks[0].copy())
-    return models
+        for state in states[1:]:
+            np.testing.assert_array_equal(algorithm.model(state), algorithm.model(states[0]))
+        yield states
+
+
+def simulate(algorithm, shards, w0, rounds):
+    """The model after each round of rounds_by_hand."""
+    return [algorithm.model(states[0]).copy() for states in rounds_by_hand(algorithm, shards, w0, rounds)]
 
 
 def grad(w, X, y):
