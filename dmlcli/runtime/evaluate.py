@@ -97,9 +97,6 @@ class KeptModels:
         else:
             self._spill.write(np.ascontiguousarray(model, dtype=np.float64).tobytes())
 
-    def last_model(self) -> np.ndarray:
-        return self.models(len(self) - 1, len(self))[0]
-
     def models(self, start: int, stop: int) -> np.ndarray:
         """Models start..stop-1 as one (stop − start, d) array."""
         if self._spill is None:
