@@ -58,11 +58,16 @@ class WorkerRows:
     client_sizes: tuple[int, ...]
 
 
+def names_a_directory(out: str) -> bool:
+    """--out names a directory (ending in '/' or existing): each run takes a numbered name in it."""
+    return out.endswith(("/", os.sep)) or os.path.isdir(out)
+
+
 def output_paths(config: RunConfig) -> tuple[str, str, str]:
     """(run_id, CSV path, manifest path) as named by --out, checked but not created. For a
     directory --out the run_id is only a first choice: reserve_outputs picks a free one."""
     out = config.out
-    numbered = out.endswith(("/", os.sep)) or os.path.isdir(out)
+    numbered = names_a_directory(out)
     if numbered:
         run_id = f"{config.algorithm}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-s{config.seed}"
         csv_path = os.path.join(out, f"{run_id}.csv")
@@ -253,8 +258,7 @@ def plan_run(config: RunConfig, workers: int) -> tuple[Plan, list[WorkerRows]]:
     n_train = sum(r.train_index.size for r in rows)
     client_sizes = tuple(part.size for part in positions)
     batch_sizes = tuple(samples_per_step(config.batch_size, size, source.online) for size in client_sizes)
-    numbered = config.out.endswith(("/", os.sep)) or os.path.isdir(config.out)  # as output_paths decided
-    plan = Plan(run_id, csv_path, manifest_path, numbered, n_train, int(test_index.size), d_features, d_model,
+    plan = Plan(run_id, csv_path, manifest_path, names_a_directory(config.out), n_train, int(test_index.size), d_features, d_model,
                 batch_sizes, client_sizes, encode, info.sparse, index_base)
     return plan, rows
 
