@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench hostile seed004 lint clean
+.PHONY: install demo test bench hostile seed004 bytes-to-gap lint clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ hostile: install
 # Seed 004's experiment (ssgd, ma, bmuf, easgd on breast_cancer) over seeds 0-9, raw and standardised; writes runs/seed004.md.
 seed004: install
 	$(BIN)/python recipes/seed004.py --out runs/seed004.md
+
+# Bytes sent to a relative gap of 1e-3, ssgd against compressed ssgd and diana (d = 1000, mpiexec -n 5); writes runs/bytes-to-gap.md.
+bytes-to-gap: install
+	$(BIN)/python recipes/bytes_to_gap.py --out runs/bytes-to-gap.md
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff

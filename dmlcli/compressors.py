@@ -60,6 +60,7 @@ class Compressor:
     encode: Callable[[np.ndarray, np.random.Generator], np.ndarray]
     decode: Callable[[np.ndarray, int], np.ndarray]
     max_bytes: Callable[[int], int]
+    fixed_size: bool = True  # every payload of d coordinates is max_bytes(d) long (all but filter)
 
 
 def _bytes(*parts) -> np.ndarray:
@@ -247,7 +248,7 @@ def model_filter(eps: float, name: str) -> Compressor:
             raise ValueError(f"{name}: payload of {size} bytes is neither 12m < {8 * d} nor {8 * d}")
         return _sparse_decode(name, payload, d, size // 12)
 
-    return Compressor(name, False, encode, decode, lambda d: 8 * d)
+    return Compressor(name, False, encode, decode, lambda d: 8 * d, fixed_size=False)
 
 
 _DECIMAL = re.compile(r"(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

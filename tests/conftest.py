@@ -7,13 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from dmlcli.problems import LOSSES, Problem, make_regularizer
 from dmlcli.problems.reference import reference_solution
 from dmlcli.report import read_csv
 from dmlcli.runtime.config import make_config
 from dmlcli.runtime.setup import centralised_problem
 
 BIN = Path(sys.executable).parent
+LAM, N = 0.5, 10  # the tiny problem of the by-hand tests: squared loss, (λ/2)‖w‖², 10 rows, d = 3
 MPI_TIMEOUT_S = 120  # a hung run fails its own test instead of the whole suite
+
+
+@pytest.fixture
+def problem():
+    return Problem(LOSSES["squared"], make_regularizer("l2", LAM), n=N, d=3)
 
 
 @pytest.fixture

@@ -31,7 +31,10 @@ def captured(monkeypatch):
 def test_list_names_every_algorithm(capsys):
     code, out, _ = run_cli(capsys, "list")
     assert code == 0
-    assert out.splitlines()[0].startswith("asgd") and "ssgd" in out and "synchronous SGD" in out
+    from dmlcli.algorithms import REGISTRY
+
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert names == sorted(REGISTRY) and "synchronous SGD" in out
 
 
 def test_help_shows_defaults_and_the_update_rule(capsys):
@@ -41,7 +44,8 @@ def test_help_shows_defaults_and_the_update_rule(capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["train", "sgdx"], "dmlcli train: error: unknown algorithm 'sgdx'; choose from asgd, bmuf, dadam, easgd, ma, scaffold, ssgd, storm"),
+    (["train", "sgdx"], "dmlcli train: error: unknown algorithm 'sgdx'; choose from "
+                      "admm, asgd, bmuf, dadam, diana, easgd, giant, ma, scaffold, ssgd, storm"),
     (["train", "ssgd", "--bogus", "1"], "dmlcli train ssgd: error: No such option '--bogus'"),
     (["train", "ssgd", "--lr", "0"], "dmlcli train ssgd: error: Invalid value for '--lr': '0' is not a positive number or 'auto'"),
     (["train", "ssgd", "--batch-size", "0"], "Invalid value for '--batch-size': 0 is not a positive integer or 'all'"),

@@ -5,19 +5,12 @@ import numpy as np
 import pytest
 from test_sync_family import rounds_by_hand, shard_pair
 
-from conftest import objectives, reference_objective
+from conftest import LAM, objectives, reference_objective
 from dmlcli.algorithms import REGISTRY, Settings
 from dmlcli.errors import UsageError
-from dmlcli.problems import LOSSES, Problem, make_regularizer
 from dmlcli.runtime.local_run import run_local
 
-LAM, N = 0.5, 10
 W0 = np.array([0.3, 0.0, -0.1])
-
-
-@pytest.fixture
-def problem():
-    return Problem(LOSSES["squared"], make_regularizer("l2", LAM), n=N, d=3)
 
 
 def simulate(algorithm, shards, w0, rounds):

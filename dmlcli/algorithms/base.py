@@ -51,6 +51,28 @@ class Settings:
     seed: int
 
 
+class Phase(NamedTuple):
+    """One reduction of a round: every client taking part runs `local`, the runtime sums the
+    messages over clients and ranks, and every client's state runs `combine` with the sum."""
+
+    local: Callable  # (state, shard) -> (message, state)
+    combine: Callable  # (state, summed) -> state
+    message_size: int  # float64 entries of the message (of the decoded message, when compressed)
+    # None: the messages are float64 vectors summed by Allreduce. A Compressor: each message is the
+    # payload of the client's unweighted vector; the runtime Allgathers the payloads and every
+    # rank decodes their sum, each weighted by its client's shard.weight.
+    compressor: Any = None
+
+
+class Report(NamedTuple):
+    """Extra CSV columns computed from the algorithm's state, at evaluation rounds only: every
+    client adds `local` (a vector of `size`), one Allreduce sums, `columns` reads the sum."""
+
+    local: Callable  # (state, shard) -> vector of `size` floats
+    size: int
+    columns: Callable  # (state, summed) -> {column: value}
+
+
 class SyncAlgorithm(NamedTuple):
     init: Callable  # (w0) -> state
     local: Callable  # (state, shard) -> (message, state); message has message_size entries
@@ -58,13 +80,38 @@ class SyncAlgorithm(NamedTuple):
     model: Callable  # (state) -> the model w to evaluate (equal on every rank)
     message_size: int
     local_steps: int = 1  # mini-batch steps each worker takes per round, for the CSV's updates and epochs
+    compressor: Any = None  # the first phase's messages travel compressed (see Phase)
+    more_phases: tuple[Phase, ...] = ()  # further reductions of the same round, in order (giant's)
+    report: Report | None = None  # the algorithm's own CSV columns (admm's residuals)
+    # Round t's reduction runs while round t+1's local step computes, and is combined after it:
+    # every update is one round stale (ssgd --overlap). One uncompressed phase only.
+    overlap: bool = False
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        return (Phase(self.local, self.combine, self.message_size, self.compressor), *self.more_phases)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What `server_update` did with one payload (see the module's docstring)."""
+
+    advanced: bool = False  # the model moved on one version: a round, kept for evaluation at the interval
+    dropped: bool = False  # discarded unused: counted in the CSV's `dropped`
+    hold: bool = False  # the sender gets no reply yet
+    until: Callable | None = None  # (server_state) -> bool: when a held sender is answered; None: the next advance
+
+
+APPLIED = Outcome(advanced=True)
+DROPPED = Outcome(dropped=True)
+HELD = Outcome(hold=True)
 
 
 class AsyncAlgorithm(NamedTuple):
     server_init: Callable  # (w0) -> server state
     worker_init: Callable  # (w0) -> worker state
     worker_step: Callable  # (worker_state, model, shard) -> (payload, worker_state)
-    server_update: Callable  # (server_state, payload, staleness) -> (server_state, applied: bool)
+    server_update: Callable  # (server_state, payload, staleness) -> (server_state, Outcome, or a bool: applied)
     model: Callable  # (server_state) -> the model sent to workers and evaluated
     payload_size: int
 
@@ -78,6 +125,7 @@ class AlgorithmSpec:
     params: tuple[Param, ...] = field(default_factory=tuple)
     extra_columns: tuple[str, ...] = ()
     client_sampling: bool = True  # False: every client must take part in every round (--client-fraction 1)
+    full_batch: bool = False  # True: every round uses whole shards; --batch-size defaults to all, and must be all
 
     @property
     def doc(self) -> str:

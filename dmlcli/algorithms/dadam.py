@@ -4,10 +4,11 @@ import click
 import numpy as np
 
 from dmlcli.algorithms.base import AlgorithmSpec, Param, SyncAlgorithm
+from dmlcli.algorithms.compression import COMPRESSION_PARAMS, compressed
 from dmlcli.errors import UsageError
 
 
-def dadam(problem, settings, beta1=0.9, beta2=0.999, eps=1e-8):
+def dadam(problem, settings, beta1=0.9, beta2=0.999, eps=1e-8, compressor="none", error_feedback=False):
     """Distributed Adam: an Allreduce of the gradient, then the same Adam step on every rank.
 
     Each worker computes a mini-batch gradient g_k of its shard's mean loss at w_t; the
@@ -44,7 +45,8 @@ def dadam(problem, settings, beta1=0.9, beta2=0.999, eps=1e-8):
         steps = eta / (np.sqrt(v / (1.0 - beta2**t)) + eps)  # Adam's step, one per coordinate
         return problem.reg.prox(w - steps * (m / (1.0 - beta1**t)), steps), m, v, t
 
-    return SyncAlgorithm(init, local, combine, model=lambda state: state[0], message_size=problem.d)
+    algorithm = SyncAlgorithm(init, local, combine, model=lambda state: state[0], message_size=problem.d)
+    return compressed(algorithm, compressor, error_feedback, settings.seed)
 
 
 SPEC = AlgorithmSpec(
@@ -53,5 +55,6 @@ SPEC = AlgorithmSpec(
         Param("beta1", click.FloatRange(0.0, 1.0, max_open=True), 0.9, "decay β₁ of the first moment"),
         Param("beta2", click.FloatRange(0.0, 1.0, max_open=True), 0.999, "decay β₂ of the second moment"),
         Param("eps", click.FloatRange(min=0.0, min_open=True), 1e-8, "ε added to √v̂"),
+        *COMPRESSION_PARAMS,
     ),
 )

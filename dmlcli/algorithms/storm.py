@@ -3,10 +3,11 @@
 import click
 
 from dmlcli.algorithms.base import AlgorithmSpec, Param, SyncAlgorithm
+from dmlcli.algorithms.compression import COMPRESSION_PARAMS, compressed
 from dmlcli.errors import UsageError
 
 
-def storm(problem, settings, momentum=0.1):
+def storm(problem, settings, momentum=0.1, compressor="none", error_feedback=False):
     """STORM (stochastic recursive momentum), distributed.
 
     Each worker k draws one mini-batch ξ of its shard and updates its own estimate
@@ -38,7 +39,8 @@ def storm(problem, settings, momentum=0.1):
         w, _, d = state
         return problem.reg.prox(w - eta * mean, eta), w, d
 
-    return SyncAlgorithm(init, local, combine, model=lambda state: state[0], message_size=problem.d)
+    algorithm = SyncAlgorithm(init, local, combine, model=lambda state: state[0], message_size=problem.d)
+    return compressed(algorithm, compressor, error_feedback, settings.seed)
 
 
 SPEC = AlgorithmSpec(
@@ -46,5 +48,6 @@ SPEC = AlgorithmSpec(
     storm,
     params=(
         Param("momentum", click.FloatRange(0.0, 1.0, min_open=True), 0.1, "momentum a in (0, 1]; a = 1 is ssgd"),
+        *COMPRESSION_PARAMS,
     ),
 )

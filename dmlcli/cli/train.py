@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
@@ -80,7 +81,10 @@ def make_train_command(spec) -> click.Command:
             _check_workers(config.workers)
         sys.exit(launch.rank_main(config))
 
-    params = [option_for(p) for p in (*SHARED_OPTIONS, *spec.params)] + COMMON_OPTIONS
+    shared = SHARED_OPTIONS
+    if spec.full_batch:  # its help shows the default make_config gives it
+        shared = tuple(dataclasses.replace(p, default="all") if p.name == "batch_size" else p for p in shared)
+    params = [option_for(p) for p in (*shared, *spec.params)] + COMMON_OPTIONS
     return click.Command(spec.name, callback=callback, params=params, help=spec.doc, short_help=spec.summary,
                          context_settings={"show_default": True})
 

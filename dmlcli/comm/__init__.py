@@ -1,7 +1,8 @@
 """Transports: the only way ranks talk. `mpi.MPITransport` for real runs (the one module that
 imports mpi4py) and `local.LocalTransport`, threads in one process, for tests.
 
-Both offer the same small surface: in-place Allreduce (sum or max) on float64 buffers, object broadcast
+Both offer the same small surface: in-place Allreduce (sum or max, blocking or started and
+waited for) on float64 buffers, Allgather(v) of byte payloads, object broadcast
 and scatter for start-up metadata, and non-blocking point-to-point messages on preallocated
 buffers with tags, waited on by polling that yields the core (ranks outnumber cores here).
 """

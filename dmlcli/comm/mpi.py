@@ -22,6 +22,28 @@ class MPITransport:
         request = self.comm.Iallreduce(MPI.IN_PLACE, buf, op=REDUCTIONS[op])
         poll_until(request.Test, YIELD_S)
 
+    def iallreduce(self, buf: np.ndarray, op: str = "sum"):
+        """Start reducing buf in place; complete(request) before touching buf again."""
+        return self.comm.Iallreduce(MPI.IN_PLACE, buf, op=REDUCTIONS[op])
+
+    def complete(self, request) -> None:
+        """Wait for a started collective, yielding as the blocking ones do."""
+        poll_until(request.Test, YIELD_S)
+
+    def allgather(self, values: np.ndarray) -> np.ndarray:
+        """Every rank's `values` (the same length on each), as rows of a (size, len) array."""
+        gathered = np.empty((self.size, values.size), dtype=values.dtype)
+        poll_until(self.comm.Iallgather(values, gathered).Test, YIELD_S)
+        return gathered
+
+    def allgatherv(self, data: np.ndarray, counts) -> np.ndarray:
+        """The uint8 arrays of every rank, concatenated in rank order; counts[r] is rank r's length."""
+        gathered = np.empty(int(sum(counts)), dtype=np.uint8)
+        offsets = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(int)
+        request = self.comm.Iallgatherv(data, [gathered, [int(c) for c in counts], offsets.tolist(), MPI.BYTE])
+        poll_until(request.Test, YIELD_S)
+        return gathered
+
     def bcast(self, buf: np.ndarray, root: int = 0) -> None:
         request = self.comm.Ibcast(buf, root=root)
         poll_until(request.Test, YIELD_S)

@@ -24,6 +24,7 @@ class Loss:
     metric_sum: Callable[[np.ndarray, np.ndarray], np.ndarray]  # summed down axis 0: correct counts or squared errors
     metric_final: Callable[[float, int], float]  # (sum, count) -> the reported metric
     curvature: float  # sup of the loss's second derivative in z: F is (curvature·λmax(XᵀX)/n + l2)-smooth
+    dz2: Callable[[np.ndarray, np.ndarray], np.ndarray]  # d² loss / d z² per sample (Newton-type methods)
 
 
 class BinaryLabels:
@@ -68,6 +69,12 @@ def _logistic_dz(z, y):
     return -0.5 * y * (1.0 + np.tanh(-0.5 * y * z))
 
 
+def _logistic_dz2(z, y):
+    # σ(yz)σ(−yz) = (1 − tanh²(yz/2))/4, with y = ±1.
+    t = np.tanh(0.5 * y * z)
+    return 0.25 * (1.0 - t * t)
+
+
 def _correct(z, y):
     return np.sum(np.where(z >= 0, 1.0, -1.0) == y, axis=0, dtype=np.float64)
 
@@ -88,7 +95,8 @@ def _squared_error(z, y):
 
 LOSSES = {
     "logistic": Loss("logistic", _logistic_value, _logistic_dz, _fit_binary, "accuracy", _correct,
-                     lambda total, count: total / count, curvature=0.25),
+                     lambda total, count: total / count, curvature=0.25, dz2=_logistic_dz2),
     "squared": Loss("squared", _squared_value, _squared_dz, _real_targets, "rmse", _squared_error,
-                    lambda total, count: float(np.sqrt(total / count)), curvature=1.0),
+                    lambda total, count: float(np.sqrt(total / count)), curvature=1.0,
+                    dz2=lambda z, y: np.ones_like(z, dtype=np.float64)),
 }

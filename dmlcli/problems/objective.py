@@ -26,6 +26,10 @@ class Problem:
         """Gradient of the mean loss on the block (X, y), without the regulariser."""
         return X.T @ self.loss.dz(X @ w, y) / y.shape[0]
 
+    def hessian_vector(self, w: np.ndarray, X, y: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """∇²(mean loss on the block) at w times v, without the regulariser: Xᵀ diag(ℓ''(Xw)) X v / m."""
+        return X.T @ (self.loss.dz2(X @ w, y) * (X @ v)) / y.shape[0]
+
     def objective(self, w: np.ndarray, total_loss_sum: float) -> float:
         return total_loss_sum / self.n + self.reg.value(w)
 

@@ -169,7 +169,8 @@ def make_config(algorithm: str, params: dict | None = None, **shared) -> RunConf
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise UsageError(f"unknown parameter {unknown[0]!r} for {algorithm}; it takes: {', '.join(allowed) or 'none'}")
-    config = RunConfig(algorithm=algorithm, params={**allowed, **params}, **{**SHARED_DEFAULTS, **shared})
+    defaults = {**SHARED_DEFAULTS, "batch_size": None} if spec.full_batch else SHARED_DEFAULTS
+    config = RunConfig(algorithm=algorithm, params={**allowed, **params}, **{**defaults, **shared})
     if config.test_data is not None and config.test_fraction is not None:
         raise UsageError("give either --test-data or --test-fraction, not both")
     if config.save_model is not None and not config.save_model.endswith(".npy"):

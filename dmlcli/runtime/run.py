@@ -9,13 +9,14 @@ import sys
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from dmlcli.algorithms import AsyncAlgorithm, SyncAlgorithm
 from dmlcli.errors import UsageError
 from dmlcli.report import CsvLog, git_revision, make_progress, print_summary, software_versions, utc_now, write_manifest
 from dmlcli.runtime import setup
 from dmlcli.runtime.context import Recorder, RunContext, StopRequest
 from dmlcli.runtime.evaluate import Evaluator
 from dmlcli.runtime.launch import tell_launcher
-from dmlcli.runtime.parameter_server import run_async
+from dmlcli.runtime.parameter_server import check_server_run, run_async
 from dmlcli.runtime.sync import run_sync
 
 
@@ -23,8 +24,8 @@ class CollectiveUsageError(UsageError):
     """Bad input found at start-up and known to every rank: each exits 2, no abort needed."""
 
 
-LOOPS = {"sync": run_sync, "async": run_async}
-FAMILY_COLUMNS = {"sync": ("active_clients",), "async": ()}  # CSV columns the family's loop adds
+LOOPS = {SyncAlgorithm: run_sync, AsyncAlgorithm: run_async}  # by what the factory built: ssgd --backup is sync but served
+FAMILY_COLUMNS = {"sync": ("active_clients", "compression_ratio"), "async": ()}  # CSV columns the family's loop adds
 EXIT_CODES = {"completed": 0, "diverged": 3}  # interrupted: 128 + the signal, as a shell reports it
 
 
@@ -40,7 +41,7 @@ def run_rank(config, transport, summary_stream=None, stop=None) -> int:
     # Overflow on the way to divergence is expected: it is caught, as a non-finite objective, at evaluation.
     with threadpool_limits(limits=config.blas_threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         ctx, manifest = _start(config, transport, stop or StopRequest())
-        loop = LOOPS[setup.REGISTRY[config.algorithm].family]
+        loop = LOOPS[type(ctx.algorithm)]
         if ctx.recorder:
             try:
                 with ctx.recorder.progress:
@@ -93,6 +94,8 @@ def _prepare(config, transport, stop, plan, rows):
     try:  # every rank computes the same step and builds the same algorithm, so every rank knows
         lr = config.lr or setup.auto_step(transport, [s.X for s in shards], problem, spec.family, workers)
         algorithm = setup.algorithm_for(config, problem, len(plan.client_sizes), lr)
+        if isinstance(algorithm, AsyncAlgorithm):
+            check_server_run(config, len(plan.client_sizes), workers)
     except UsageError as error:
         raise CollectiveUsageError(str(error)) from None
     mpi = transport.describe()

@@ -1,4 +1,4 @@
-"""The synchronous loop: every round, every rank computes, one Allreduce sums, every rank combines.
+"""The synchronous loop: every round, every rank computes, a collective sums, every rank combines.
 
 A worker rank serves one or more clients (`--clients`, default one per worker). Each round the
 clients taking part (`--client-fraction`: a seeded sample, the same on every rank) run the
@@ -6,6 +6,13 @@ algorithm's local step on their own shard and state, and the rank sums their mes
 the one Allreduce. Every client's state then combines the sum, so the global part of every
 state stays equal on every rank while each client keeps its own local part (easgd's local
 model, scaffold's control, storm's momentum).
+
+A round is one or more phases (giant: gradient, direction, line search), each a local step and
+one reduction: an Allreduce of the summed float64 messages, or, for compressed messages, an
+Allgather of the payloads' sizes and an Allgatherv of the payloads, which every rank decodes
+and sums (the bytes logged are those MPI carried). With `overlap`, round t's Allreduce is only
+started, and completed after round t+1's local step. Algorithms may add CSV columns computed
+from their states at evaluation rounds (`Report`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import math
 
 import numpy as np
 
+from dmlcli.algorithms import REGISTRY
 from dmlcli.runtime.context import Stopwatch
 from dmlcli.runtime.evaluate import Counters, is_finite
 
@@ -36,6 +44,91 @@ class ClientSampler:
         return np.sort(rng.choice(self.clients, size=self.count, replace=False))
 
 
+class SumExchange:
+    """One phase's Allreduce: the clients' messages summed into a buffer whose last slot carries
+    rank 0's stop flag (so the time limit costs no extra message). Two buffers alternate, so an
+    overlapped round can fill one while the other is still being reduced."""
+
+    compressed = False
+
+    def __init__(self, transport, size: int):
+        self.transport = transport
+        self.buffers = (np.zeros(size + 1), np.zeros(size + 1))
+        self.filling, self.sending, self.request = 0, 1, None
+
+    def begin(self) -> None:
+        self.filling = 1 - self.sending  # never the buffer a started reduction may still be using
+        self.buffers[self.filling][:-1] = 0.0
+
+    def add(self, message: np.ndarray, shard) -> None:
+        self.buffers[self.filling][:-1] += message
+
+    def start(self, stop_flag: bool) -> tuple[int, int]:
+        """Start the reduction; returns (bytes MPI carries, bytes uncompressed): one buffer per rank."""
+        self.sending = self.filling
+        buf = self.buffers[self.sending]
+        buf[-1] = float(stop_flag)
+        self.request = self.transport.iallreduce(buf)
+        sent = buf.nbytes * self.transport.size
+        return sent, sent
+
+    def finish(self, weights) -> tuple[np.ndarray, bool]:
+        self.transport.complete(self.request)
+        buf = self.buffers[self.sending]
+        return buf[:-1], bool(buf[-1] > 0)
+
+
+class PayloadExchange:
+    """One phase's compressed messages. Each rank concatenates its clients' payloads (a variable-size
+    compressor's each behind its uint32 length), one Allgather shares [bytes, stop flag] per rank,
+    one Allgatherv the payloads; every rank then decodes each and sums them weighted by their
+    clients' shares. Payloads arrive in client order: a rank's clients are consecutive and ranks
+    hold them in rank order."""
+
+    compressed = True
+    HEADER = np.dtype("<i8").itemsize * 2
+
+    def __init__(self, transport, compressor, size: int):
+        self.transport, self.compressor, self.size = transport, compressor, size
+        self.fixed = compressor.fixed_size
+        self.payloads: list = []
+
+    def begin(self) -> None:
+        self.payloads = []
+
+    def add(self, payload: np.ndarray, shard) -> None:
+        if not self.fixed:
+            self.payloads.append(np.array([payload.size], dtype="<u4").view(np.uint8))
+        self.payloads.append(payload)
+
+    def start(self, stop_flag: bool) -> tuple[int, int]:
+        mine = np.concatenate(self.payloads) if self.payloads else np.zeros(0, dtype=np.uint8)
+        header = self.transport.allgather(np.array([mine.size, int(stop_flag)], dtype=np.int64))
+        self.gathered = self.transport.allgatherv(mine, header[:, 0])
+        self.stop = bool(header[:, 1].any())
+        self.messages = self._split(self.gathered)
+        return int(header[:, 0].sum()) + self.HEADER * self.transport.size, 8 * self.size * len(self.messages)
+
+    def _split(self, data: np.ndarray) -> list[np.ndarray]:
+        if self.fixed:
+            step = self.compressor.max_bytes(self.size)
+            return [data[i:i + step] for i in range(0, data.size, step)]
+        messages, offset = [], 0
+        while offset < data.size:
+            length = int(data[offset:offset + 4].view("<u4")[0])
+            messages.append(data[offset + 4:offset + 4 + length])
+            offset += 4 + length
+        return messages
+
+    def finish(self, weights) -> tuple[np.ndarray, bool]:
+        if len(self.messages) != len(weights):
+            raise RuntimeError(f"{len(self.messages)} compressed messages arrived for {len(weights)} clients")
+        summed = np.zeros(self.size)
+        for payload, weight in zip(self.messages, weights):
+            summed += weight * self.compressor.decode(payload, self.size)
+        return summed, self.stop
+
+
 def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
     """Run to --rounds or --time-limit; returns (final model, status). Collective."""
     config, transport, plan = ctx.config, ctx.transport, ctx.plan
@@ -45,13 +138,17 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
     sampler = ClientSampler(len(plan.client_sizes), config.client_fraction, config.seed)
     everyone = sampler.count == sampler.clients
     sizes, batch_sizes = np.array(plan.client_sizes), np.array(plan.batch_sizes)
-    taking_part = ctx.shards if everyone else []
+    active, taking_part = sampler.everyone, ctx.shards if everyone else []
+    weights = sizes / plan.n_train
     for shard in taking_part:
         shard.weight = shard.n / plan.n_train
     samples_per_round = int(batch_sizes.sum()) * algorithm.local_steps
-    # The last slot is rank 0's stop flag, so the time limit needs no extra message.
-    buf = np.zeros(algorithm.message_size + 1)
-    counters = Counters(extras={"active_clients": sampler.count})
+    phases = algorithm.phases
+    exchanges = [PayloadExchange(transport, phase.compressor, phase.message_size) if phase.compressor
+                 else SumExchange(transport, phase.message_size) for phase in phases]
+    counters = Counters(extras={"active_clients": sampler.count, "compression_ratio": 1.0})
+    counters.extras.update({c: 0 for c in REGISTRY[config.algorithm].extra_columns if c not in counters.extras})  # ssgd's dropped
+    carried = uncompressed = 0
     watch = Stopwatch()
 
     def model() -> np.ndarray:
@@ -61,13 +158,36 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
         counters.wall_s = watch.training()
         with watch.evaluating():
             metrics = ctx.evaluator.evaluate(model()[None])[0]
+            if algorithm.report:
+                counters.extras.update(_report(transport, algorithm.report, states, ctx.shards))
         counters.eval_s = watch.eval_s
         if ctx.recorder:
             ctx.recorder.write(counters, metrics)
         return is_finite(metrics)
 
+    def local_steps(phase, exchange) -> None:
+        exchange.begin()
+        for shard in taking_part:
+            message, states[shard.client] = phase.local(states[shard.client], shard)
+            exchange.add(message, shard)
+
+    def combine(phase, exchange) -> bool:
+        """Complete the exchange, combine its sum into every state; True if rank 0 asked to stop."""
+        summed, stop = exchange.finish(weights[active])
+        for client, state in states.items():
+            states[client] = phase.combine(state, summed)
+        return stop
+
+    def send(exchange, stop_flag: bool) -> None:
+        nonlocal carried, uncompressed
+        sent, dense = exchange.start(stop_flag)
+        carried, uncompressed = carried + sent, uncompressed + dense
+        counters.bytes_sent += sent
+        counters.messages += transport.size * (2 if exchange.compressed else 1)
+
     if not evaluate():
         return model(), "diverged"
+    pending = False  # overlap: the previous round's reduction is still to be combined
     for round_ in range(1, config.rounds + 1):
         ctx.check_crash(round_)
         if not everyone:
@@ -76,26 +196,28 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
             taking_part = [shard for shard in ctx.shards if shard.client in chosen]
             for shard in taking_part:
                 shard.weight = shard.n / rows
+            weights = sizes / rows
             samples_per_round = int(batch_sizes[active].sum()) * algorithm.local_steps
-        if not taking_part:
-            buf[:-1] = 0.0
-        for position, shard in enumerate(taking_part):
-            message, states[shard.client] = algorithm.local(states[shard.client], shard)
-            if position == 0:
-                buf[:-1] = message
-            else:
-                buf[:-1] += message
-        buf[-1] = float(ctx.rank == 0 and ctx.should_stop(watch))
-        transport.allreduce(buf)
-        for client, state in states.items():
-            states[client] = algorithm.combine(state, buf[:-1])
+        stop_flag = ctx.rank == 0 and ctx.should_stop(watch)
+        if algorithm.overlap:
+            (phase,), (exchange,) = phases, exchanges
+            local_steps(phase, exchange)
+            stop = combine(phase, exchange) if pending else False  # the other buffer: last round's
+            pending = not (stop or round_ == config.rounds)
+            if pending:
+                send(exchange, stop_flag)
+        else:
+            for index, (phase, exchange) in enumerate(zip(phases, exchanges)):
+                local_steps(phase, exchange)
+                send(exchange, stop_flag and index == 0)
+                stopped = combine(phase, exchange)
+                stop = stopped if index == 0 else stop  # only the first phase carries the flag
 
         counters.round = round_
         counters.updates += sampler.count * algorithm.local_steps
         counters.samples += samples_per_round
-        counters.bytes_sent += buf.nbytes * transport.size
-        counters.messages += transport.size
-        stop = buf[-1] > 0 or round_ == config.rounds
+        counters.extras["compression_ratio"] = uncompressed / carried if carried else 1.0
+        stop = stop or round_ == config.rounds
         if stop or round_ % config.evaluation_interval == 0:
             if not evaluate():
                 return model(), "diverged"
@@ -104,3 +226,13 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
         if stop:
             break
     return model(), ctx.end_status()
+
+
+def _report(transport, report, states: dict, shards: list) -> dict:
+    """The algorithm's own CSV columns: its clients' contributions summed by one Allreduce."""
+    summed = np.zeros(report.size)
+    for shard in shards:
+        summed += report.local(states[shard.client], shard)
+    if report.size:  # columns read from the shared state alone need no message
+        transport.allreduce(summed)
+    return report.columns(next(iter(states.values())), summed)
