@@ -62,6 +62,15 @@ def test_builtin_shapes_and_labels(name, n, d, classes):
     assert source.name == name and not source.online
 
 
+@pytest.mark.parametrize("name", BUILTIN_DATASETS)
+def test_builtin_sets_are_scikit_learns_exactly(name):
+    datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn (the test extra) is not installed")
+    features, labels = getattr(datasets, f"load_{name}")(return_X_y=True)
+    source = open_source(name)
+    np.testing.assert_array_equal(source.scan().y, labels)
+    np.testing.assert_array_equal(source.rows(np.arange(labels.size)), features)
+
+
 def test_scan_is_cached_and_labels_read_only():
     source = open_source("breast_cancer")
     assert source.scan() is source.scan()
