@@ -24,6 +24,23 @@ def problem():
 
 
 @pytest.fixture
+def captured(monkeypatch):
+    """Pretend to be a rank under mpirun and catch the resolved config instead of running."""
+    from dmlcli.runtime import launch
+
+    seen = {}
+
+    def fake_rank_main(config):
+        seen["config"] = config
+        return 0
+
+    monkeypatch.setattr(launch, "under_launcher", lambda: True)
+    monkeypatch.setattr(launch, "rank_main", fake_rank_main)
+    monkeypatch.setenv("PMI_SIZE", "5")
+    return seen
+
+
+@pytest.fixture
 def config(tmp_path):
     """make_config with test-friendly outputs: a CSV in tmp_path, no progress display."""
     counter = iter(range(1_000_000))
@@ -34,6 +51,17 @@ def config(tmp_path):
         return make_config(algorithm, params, **options)
 
     return make
+
+
+def assert_refused_in_one_line(capsys, out_dir, args: list[str]) -> None:
+    """`dmlcli ARGS --out OUT_DIR/run.csv` (in this process) exits 2 with one stderr line and writes nothing."""
+    from dmlcli.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(out_dir / "run.csv")])
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert list(out_dir.iterdir()) == []
 
 
 def reference_objective(config, workers: int = 1) -> float:

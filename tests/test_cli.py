@@ -13,20 +13,6 @@ def run_cli(capsys, *args):
     return exit_info.value.code, out, err
 
 
-@pytest.fixture
-def captured(monkeypatch):
-    """Pretend to be a rank under mpirun and catch the resolved config instead of running."""
-    seen = {}
-
-    def fake_rank_main(config):
-        seen["config"] = config
-        return 0
-
-    monkeypatch.setattr(launch, "under_launcher", lambda: True)
-    monkeypatch.setattr(launch, "rank_main", fake_rank_main)
-    monkeypatch.setenv("PMI_SIZE", "5")
-    return seen
-
 
 def test_list_names_every_algorithm(capsys):
     code, out, _ = run_cli(capsys, "list")
@@ -45,7 +31,7 @@ def test_help_shows_defaults_and_the_update_rule(capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["train", "sgdx"], "dmlcli train: error: unknown algorithm 'sgdx'; choose from "
-                      "admm, asgd, bmuf, dadam, diana, easgd, giant, ma, scaffold, ssgd, storm"),
+                      "admm, aeasgd, asgd, bmuf, dadam, diana, easgd, giant, ma, scaffold, ssgd, ssp, storm"),
     (["train", "ssgd", "--bogus", "1"], "dmlcli train ssgd: error: No such option '--bogus'"),
     (["train", "ssgd", "--lr", "0"], "dmlcli train ssgd: error: Invalid value for '--lr': '0' is not a positive number or 'auto'"),
     (["train", "ssgd", "--batch-size", "0"], "Invalid value for '--batch-size': 0 is not a positive integer or 'all'"),

@@ -8,7 +8,7 @@ import pytest
 from test_runs import gradient_descent_objectives
 from test_sync_family import W0, grad, prox, shard_pair
 
-from conftest import objectives, reference_objective
+from conftest import assert_refused_in_one_line, objectives, reference_objective
 from dmlcli.algorithms import REGISTRY, Settings
 from dmlcli.comm.local import LocalHub
 from dmlcli.compressors import parse_compressor, with_error_feedback
@@ -258,10 +258,4 @@ def test_impossible_combinations_are_refused(problem, algorithm, params, match):
     ["train", "dadam", "--compressor", "qsgd:1", "--error-feedback"],
 ])
 def test_the_command_line_refuses_bad_compressors_in_one_line(capsys, tmp_path, args):
-    from dmlcli.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main([*args, "--out", str(tmp_path / "run.csv")])
-    assert exit_info.value.code == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
-    assert not list(tmp_path.iterdir())
+    assert_refused_in_one_line(capsys, tmp_path, args)

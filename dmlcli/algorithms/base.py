@@ -114,6 +114,7 @@ class AsyncAlgorithm(NamedTuple):
     server_update: Callable  # (server_state, payload, staleness) -> (server_state, Outcome, or a bool: applied)
     model: Callable  # (server_state) -> the model sent to workers and evaluated
     payload_size: int
+    local_steps: int = 1  # mini-batch steps a worker_step takes, for the CSV's epochs (aeasgd's period)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The `dmlcli` command: `train ALGO`, one subcommand per registered algorithm, and `list`."""
+"""The `dmlcli` command: `train ALGO`, one subcommand per registered algorithm, `list`, `compare` and `env`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import sys
 import click
 
 from dmlcli import __version__
+from dmlcli.cli.compare import compare
+from dmlcli.cli.env import env
 from dmlcli.cli.train import train
 from dmlcli.errors import DmlcliError
 
@@ -28,6 +30,8 @@ def list_algorithms():
 
 
 cli.add_command(train)
+cli.add_command(compare)
+cli.add_command(env)
 
 
 def main(argv: list[str] | None = None) -> None:

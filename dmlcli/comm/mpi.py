@@ -97,3 +97,33 @@ class MPITransport:
             "ranks": self.size,
             "hosts": sorted(set(hosts)),
         }
+
+
+THREAD_LEVELS = {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled", MPI.THREAD_SERIALIZED: "serialized",
+                 MPI.THREAD_MULTIPLE: "multiple"}
+
+
+def environment(comm=None) -> dict | None:
+    """MPI as this process sees it, for `dmlcli env`. Collective: every rank's host, pid and usable
+    CPUs are gathered to rank 0, which alone gets the report (the others get None)."""
+    import os
+
+    import mpi4py
+
+    comm = comm or MPI.COMM_WORLD
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ranks = comm.gather({"rank": comm.Get_rank(), "host": MPI.Get_processor_name(), "pid": os.getpid(), "cpus": cpus},
+                        root=0)
+    if comm.Get_rank() != 0:
+        return None
+    vendor, version = MPI.get_vendor()
+    return {
+        "library": " ".join(MPI.Get_library_version().strip().splitlines()[0].split()),
+        "vendor": f"{vendor} {'.'.join(str(part) for part in version)}",
+        "standard": "{}.{}".format(*MPI.Get_version()),
+        "thread_level": THREAD_LEVELS.get(MPI.Query_thread(), str(MPI.Query_thread())),
+        "mpi4py": mpi4py.__version__,
+        "mpi4py_config": dict(mpi4py.get_config()),
+        "size": comm.Get_size(),
+        "ranks": ranks,
+    }

@@ -52,17 +52,19 @@ class CsvLog:
         self.close()
 
 
-def read_csv(path) -> list[dict]:
-    """Rows of a dmlcli CSV with numbers parsed: int where integral text, float otherwise, '' as None."""
-    def parse(text: str):
-        if text == "":
-            return None
-        for kind in (int, float):
-            try:
-                return kind(text)
-            except ValueError:
-                pass
-        return text
+def parse_value(text: str):
+    """A CSV cell as written by format_value: int where integral text, float otherwise, '' as None."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
+
+def read_csv(path) -> list[dict]:
+    """Rows of a dmlcli CSV with numbers parsed (see parse_value)."""
     with open(path, newline="") as handle:
-        return [{key: parse(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+        return [{key: parse_value(value) for key, value in row.items()} for row in csv.DictReader(handle)]

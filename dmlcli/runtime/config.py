@@ -15,6 +15,7 @@ from dmlcli.algorithms.base import Param
 from dmlcli.errors import UsageError
 from dmlcli.problems import LOSSES, REGULARIZERS
 from dmlcli.recipe import TomlForm
+from dmlcli.runtime.heterogeneity import DelaySpec, NetworkSpec
 
 
 class BatchSize(click.ParamType):
@@ -106,6 +107,15 @@ SHARED_OPTIONS: tuple[Param, ...] = (
     Param("max_model_mb", POSITIVE_FLOAT, 256,
           "refuse models larger than this many MB per copy (the model and its working copies are held on every rank)"),
     Param("crash", CrashSpec(), None, "fault injection: rank RANK raises at step STEP"),
+    Param("delay", DelaySpec(), None,
+          "slow workers, real sleeps: const:F1,…,FK (worker k's steps take F_k times as long), exp:MEAN "
+          "(an exponential wait of MEAN s per step), lognormal:MU,SIGMA (a wait of exp(N(MU,SIGMA²)) s per step), "
+          "straggler:FRACTION,SLOWDOWN (round(FRACTION·K) seeded workers SLOWDOWN times slower)"),
+    Param("network", NetworkSpec(), None,
+          "a real delay per message of latency + bytes/bandwidth: LATENCY_MS,MBPS, or wifi (5 ms, 100 Mbit/s), "
+          "lte (50 ms, 10 Mbit/s), 3g (150 ms, 1 Mbit/s)"),
+    Param("dropout", click.FloatRange(0, 1, max_open=True), 0.0,
+          "probability that a worker sits out a round (synchronous) or an activation (asynchronous), seeded"),
 )
 
 
@@ -140,6 +150,9 @@ class RunConfig:
     blas_threads: int
     max_model_mb: float
     crash: tuple[int, int] | None
+    delay: str | None  # the canonical --delay spec (runtime.heterogeneity parses it)
+    network: str | None  # the canonical --network spec: a preset name or LATENCY_MS,MBPS
+    dropout: float
     params: dict[str, Any]
 
     @property

@@ -54,6 +54,9 @@ class RunContext:
     recorder: Recorder | None  # rank 0 only
     algorithm: object  # SyncAlgorithm or AsyncAlgorithm
     stop: StopRequest = field(default_factory=StopRequest)  # signals reach it on rank 0 only
+    heterogeneity: object = None  # the run's Heterogeneity (runtime.heterogeneity), None without --delay/--network/--dropout
+    delays: object = None  # this worker's WorkerDelays (None on rank 0 and without heterogeneity)
+    worker_steps: list | None = None  # rank 0, filled by the loop: each worker's rounds taken part (sync) or payloads (async)
 
     @property
     def shard(self):

@@ -22,11 +22,18 @@ What the server does with a payload is the algorithm's `server_update` verdict, 
 stale-synchronous bound) is Outcome(advanced=True, hold=True, until=...). When the budget is
 spent every held worker is answered with STOP at once. ssgd --backup holds the first K−b−1
 gradients of a version and applies them with the K−b-th (Chen et al. 2016).
+
+Heterogeneity (runtime.heterogeneity; none by default, and then no hook runs): a worker waits
+its network delay for each reply it receives (the reply in flight: the server never sleeps), sits
+out dropped activations, sleeps its delay after each step and its network delay before sending.
+The server counts each worker's payloads (the manifest's worker_steps) and the workers heard
+from since the previous evaluation point (the CSV's active_workers).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -88,9 +95,12 @@ def _serve(ctx, algorithm):
     version = 0
     # The extras are the CSV's own columns (the family's and the algorithm's) that the server can fill.
     columns = set(ctx.recorder.log.columns) if ctx.recorder else set()
-    initial = {"staleness_mean": 0.0, "staleness_max": 0, "dropped": 0, "active_clients": None, "compression_ratio": 1.0}
+    initial = {"staleness_mean": 0.0, "staleness_max": 0, "dropped": 0, "active_clients": None, "compression_ratio": 1.0,
+               "active_workers": None}
     counters = Counters(extras={column: value for column, value in initial.items() if column in columns})
     extras = counters.extras
+    payloads_from = [0] * workers  # payloads taken from each worker (the manifest's worker_steps)
+    heard_from: set[int] = set()  # workers whose payloads came since the last kept model
     staleness_total = 0
     staleness_max = 0
     accepted = 0  # payloads taken (not dropped) since the model last advanced: that advance's gradients
@@ -107,6 +117,9 @@ def _serve(ctx, algorithm):
         model = algorithm.model(state)
         if not kept.counters or kept.counters[-1].round != version:
             counters.wall_s = watch.training()
+            if "active_workers" in extras:
+                extras["active_workers"] = len(heard_from) if version else None
+                heard_from.clear()
             kept.add(counters.snapshot(), model)
         return bool(np.isfinite(model).all())
 
@@ -153,6 +166,8 @@ def _serve(ctx, algorithm):
         if not budget_spent:
             ctx.check_crash(counters.updates + 1)
             counters.updates += 1
+            payloads_from[k] += 1
+            heard_from.add(k)
             counters.samples += int(payload[1])
             staleness = version - int(payload[0])
             staleness_total += staleness
@@ -189,6 +204,7 @@ def _serve(ctx, algorithm):
     for request in sends:
         if request is not None:
             transport.wait(request)
+    ctx.worker_steps = payloads_from
     return kept, ctx.end_status()
 
 
@@ -197,17 +213,26 @@ def _work(ctx, algorithm) -> None:
     state = algorithm.worker_init(ctx.initial_model())
     model = np.empty(HEADER + ctx.problem.d)
     payload = np.empty(HEADER + algorithm.payload_size)
-    samples = ctx.plan.batch_sizes[ctx.rank - 1]
+    samples = ctx.plan.batch_sizes[ctx.rank - 1] * algorithm.local_steps
     sent = None
     step = 0
+    me = ctx.delays  # this worker's heterogeneity, None without it
     while transport.wait(transport.irecv(model, 0)) != TAG_STOP:
+        if me is not None:
+            me.wait_for_message(model.nbytes)  # the reply's time in flight
+            me.skip_dropped_activations()
+            started = time.perf_counter()
         step += 1
         ctx.check_crash(step)
         update, state = algorithm.worker_step(state, model[HEADER:], shard)
+        if me is not None:
+            me.wait_after_compute(time.perf_counter() - started)
         if sent is not None:
             transport.wait(sent)
         payload[0], payload[1] = model[0], samples
         payload[HEADER:] = update
+        if me is not None:
+            me.wait_for_message(payload.nbytes)
         sent = transport.isend(payload, 0, TAG_WORK)
     if sent is not None:
         transport.wait(sent)

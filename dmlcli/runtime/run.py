@@ -15,6 +15,7 @@ from dmlcli.report import CsvLog, git_revision, make_progress, print_summary, so
 from dmlcli.runtime import setup
 from dmlcli.runtime.context import Recorder, RunContext, StopRequest
 from dmlcli.runtime.evaluate import Evaluator
+from dmlcli.runtime.heterogeneity import NO_HETEROGENEITY, Heterogeneity
 from dmlcli.runtime.launch import tell_launcher
 from dmlcli.runtime.parameter_server import check_server_run, run_async
 from dmlcli.runtime.sync import run_sync
@@ -25,7 +26,9 @@ class CollectiveUsageError(UsageError):
 
 
 LOOPS = {SyncAlgorithm: run_sync, AsyncAlgorithm: run_async}  # by what the factory built: ssgd --backup is sync but served
-FAMILY_COLUMNS = {"sync": ("active_clients", "compression_ratio"), "async": ()}  # CSV columns the family's loop adds
+# CSV columns the family's loop adds. active_workers: sync, the workers that took part in the last round;
+# async (and ssgd --backup), the workers whose payloads reached the server since the previous evaluation point.
+FAMILY_COLUMNS = {"sync": ("active_workers", "active_clients", "compression_ratio"), "async": ("active_workers",)}
 EXIT_CODES = {"completed": 0, "diverged": 3}  # interrupted: 128 + the signal, as a shell reports it
 
 
@@ -51,8 +54,10 @@ def run_rank(config, transport, summary_stream=None, stop=None) -> int:
                 raise
         else:
             model, status = loop(ctx, ctx.algorithm)
+    # What each worker computed and slept, for the manifest (one gather, only with heterogeneity).
+    slept = transport.gather_object(ctx.delays and ctx.delays.totals()) if ctx.heterogeneity else None
     if transport.rank == 0:
-        _finish(ctx, manifest, model, status, summary_stream)
+        _finish(ctx, manifest, model, status, summary_stream, slept)
     return 128 + ctx.stop.signum if status == "interrupted" else EXIT_CODES[status]
 
 
@@ -99,6 +104,8 @@ def _prepare(config, transport, stop, plan, rows):
     except UsageError as error:
         raise CollectiveUsageError(str(error)) from None
     mpi = transport.describe()
+    het = Heterogeneity.from_config(config, workers)
+    delays = het.worker(rank) if het and rank else None
 
     recorder = manifest = None
     if rank == 0:
@@ -107,7 +114,8 @@ def _prepare(config, transport, stop, plan, rows):
             "config": dataclasses.asdict(config), "seed": config.seed, "csv": plan.csv_path, "lr": lr,
             "data": {"n_train": plan.n_train, "n_test": plan.n_test, "features": plan.d_features,
                      "model_size": plan.d_model, "sparse": plan.sparse, "index_base": plan.index_base},
-            "mpi": mpi, "workers": workers, "clients": len(plan.client_sizes), "versions": software_versions(),
+            "mpi": mpi, "workers": workers, "clients": len(plan.client_sizes),
+            "heterogeneity": het.describe() if het else dict(NO_HETEROGENEITY), "versions": software_versions(),
             "git_revision": git_revision(os.getcwd()), "started": utc_now(), "ended": None,
         }
         write_manifest(plan.manifest_path, manifest)
@@ -118,7 +126,9 @@ def _prepare(config, transport, stop, plan, rows):
         progress = make_progress(config.progress, config.rounds, config.time_limit, f"{config.algorithm} ×{workers}")
         recorder = Recorder(log, progress, plan.n_train)
     evaluator = Evaluator(transport, problem, plan.n_test, shards, test)
-    return RunContext(transport, config, plan, problem, shards, evaluator, recorder, algorithm, stop), manifest
+    context = RunContext(transport, config, plan, problem, shards, evaluator, recorder, algorithm, stop,
+                         heterogeneity=het, delays=delays)
+    return context, manifest
 
 
 def _record_failure(ctx, manifest, error: BaseException) -> None:
@@ -132,9 +142,12 @@ def _record_failure(ctx, manifest, error: BaseException) -> None:
     write_manifest(ctx.plan.manifest_path, manifest)
 
 
-def _finish(ctx, manifest, model, status, summary_stream) -> None:
+def _finish(ctx, manifest, model, status, summary_stream, slept=None) -> None:
     config, plan, recorder = ctx.config, ctx.plan, ctx.recorder
     recorder.log.close()
+    manifest["heterogeneity"]["worker_steps"] = ctx.worker_steps
+    if slept is not None:
+        manifest["heterogeneity"]["workers"] = slept[1:]  # rank 0 computes no steps
     if config.save_model:
         os.makedirs(os.path.dirname(os.path.abspath(config.save_model)), exist_ok=True)  # checked at start-up
         np.save(config.save_model, model)

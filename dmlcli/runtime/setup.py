@@ -19,6 +19,7 @@ from dmlcli.data.partition import parse_scheme
 from dmlcli.data.synthetic import BLOCK_ROWS, parse_synthetic_spec
 from dmlcli.errors import DataError, UsageError
 from dmlcli.problems import LOSSES, Problem, Shard, make_regularizer
+from dmlcli.runtime import heterogeneity
 from dmlcli.runtime.config import RunConfig
 
 SAMPLER_STREAM = 10  # the data module's split and partition streams use tags 1-4
@@ -183,6 +184,25 @@ def check_clients(config: RunConfig, workers: int) -> int:
     return clients
 
 
+def client_blocks(clients: int, workers: int) -> list[np.ndarray]:
+    """The clients of each worker: contiguous blocks, in rank order."""
+    return np.array_split(np.arange(clients), workers)
+
+
+def client_owners(clients: int, workers: int) -> np.ndarray:
+    """The worker (0-based: rank − 1) holding each client."""
+    return np.repeat(np.arange(workers), [block.size for block in client_blocks(clients, workers)])
+
+
+def check_heterogeneity(config: RunConfig, workers: int) -> None:
+    """--delay against the worker count, and --dropout for the algorithms that cannot leave a client out."""
+    heterogeneity.check(config.delay, workers)
+    spec = REGISTRY[config.algorithm]
+    if config.dropout and spec.family == "sync" and not spec.client_sampling:
+        raise UsageError(f"{config.algorithm} keeps every client's state in step each round; "
+                         "--dropout (workers sitting rounds out) is not defined for it")
+
+
 def check_crash_rank(config: RunConfig, workers: int) -> None:
     if config.crash and config.crash[0] > workers:
         rank, step = config.crash
@@ -213,12 +233,14 @@ def precheck(config: RunConfig) -> None:
     parse_scheme(config.partition)
     check_crash_rank(config, config.workers)
     check_clients(config, config.workers)
+    check_heterogeneity(config, config.workers)
 
 
 def plan_run(config: RunConfig, workers: int) -> tuple[Plan, list[WorkerRows]]:
     """Rank 0's start-up work: everything that can be wrong with the input is found here. Writes nothing."""
     run_id, csv_path, manifest_path = output_paths(config)
     check_crash_rank(config, workers)
+    check_heterogeneity(config, workers)
     loss = LOSSES[config.loss]
     _check_synthetic_size(config.data, config)
     source = open_source(config.data)
@@ -248,7 +270,7 @@ def plan_run(config: RunConfig, workers: int) -> tuple[Plan, list[WorkerRows]]:
     positions = partition(config.partition, train_index.size, clients, config.seed, train_y)
     test_parts = np.array_split(np.arange(test_index.size), workers)
     rows = []
-    for mine, t in zip(np.array_split(np.arange(clients), workers), test_parts):  # contiguous blocks of clients
+    for mine, t in zip(client_blocks(clients, workers), test_parts):  # contiguous blocks of clients
         p = np.concatenate([positions[c] for c in mine])
         sizes = tuple(positions[c].size for c in mine)
         rows.append(WorkerRows(train_index[p], train_y[p], test_index[t], test_y[t], int(mine[0]), sizes))

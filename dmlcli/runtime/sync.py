@@ -13,15 +13,22 @@ Allgather of the payloads' sizes and an Allgatherv of the payloads, which every 
 and sums (the bytes logged are those MPI carried). With `overlap`, round t's Allreduce is only
 started, and completed after round t+1's local step. Algorithms may add CSV columns computed
 from their states at evaluation rounds (`Report`).
+
+Heterogeneity (runtime.heterogeneity; none by default, and then no hook runs): a worker whose
+clients take part sleeps its delay after each local step and its network delay before each
+collective; with --dropout the workers sitting a round out are drawn like the clients, seeded by
+(seed, round) on every rank, and their clients leave the round as unsampled ones do.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
 from dmlcli.algorithms import REGISTRY
+from dmlcli.runtime import setup
 from dmlcli.runtime.context import Stopwatch
 from dmlcli.runtime.evaluate import Counters, is_finite
 
@@ -63,6 +70,10 @@ class SumExchange:
     def add(self, message: np.ndarray, shard) -> None:
         self.buffers[self.filling][:-1] += message
 
+    def outgoing_bytes(self) -> int:
+        """This rank's part of the next reduction: its buffer."""
+        return self.buffers[self.filling].nbytes
+
     def start(self, stop_flag: bool) -> tuple[int, int]:
         """Start the reduction; returns (bytes MPI carries, bytes uncompressed): one buffer per rank."""
         self.sending = self.filling
@@ -101,6 +112,10 @@ class PayloadExchange:
             self.payloads.append(np.array([payload.size], dtype="<u4").view(np.uint8))
         self.payloads.append(payload)
 
+    def outgoing_bytes(self) -> int:
+        """This rank's payloads (with their length prefixes) and its [size, stop] header."""
+        return sum(payload.size for payload in self.payloads) + self.HEADER
+
     def start(self, stop_flag: bool) -> tuple[int, int]:
         mine = np.concatenate(self.payloads) if self.payloads else np.zeros(0, dtype=np.uint8)
         header = self.transport.allgather(np.array([mine.size, int(stop_flag)], dtype=np.int64))
@@ -136,7 +151,11 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
     w0 = ctx.initial_model()
     states = {shard.client: algorithm.init(w0) for shard in ctx.shards} or {None: algorithm.init(w0)}
     sampler = ClientSampler(len(plan.client_sizes), config.client_fraction, config.seed)
-    everyone = sampler.count == sampler.clients
+    het, me = ctx.heterogeneity, ctx.delays  # the run's models; this worker's delays (None: no hooks)
+    dropout = het is not None and het.dropout > 0
+    everyone = sampler.count == sampler.clients and not dropout
+    owners = setup.client_owners(sampler.clients, ctx.workers)  # each client's worker, 0-based
+    worker_steps = np.zeros(ctx.workers, dtype=np.int64) if ctx.rank == 0 and not everyone else None
     sizes, batch_sizes = np.array(plan.client_sizes), np.array(plan.batch_sizes)
     active, taking_part = sampler.everyone, ctx.shards if everyone else []
     weights = sizes / plan.n_train
@@ -146,7 +165,7 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
     phases = algorithm.phases
     exchanges = [PayloadExchange(transport, phase.compressor, phase.message_size) if phase.compressor
                  else SumExchange(transport, phase.message_size) for phase in phases]
-    counters = Counters(extras={"active_clients": sampler.count, "compression_ratio": 1.0})
+    counters = Counters(extras={"active_workers": None, "active_clients": sampler.count, "compression_ratio": 1.0})
     counters.extras.update({c: 0 for c in REGISTRY[config.algorithm].extra_columns if c not in counters.extras})  # ssgd's dropped
     carried = uncompressed = 0
     watch = Stopwatch()
@@ -165,11 +184,14 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
             ctx.recorder.write(counters, metrics)
         return is_finite(metrics)
 
-    def local_steps(phase, exchange) -> None:
+    def local_steps(phase, exchange, new_step: bool) -> None:
         exchange.begin()
+        started = time.perf_counter() if me is not None else 0.0
         for shard in taking_part:
             message, states[shard.client] = phase.local(states[shard.client], shard)
             exchange.add(message, shard)
+        if me is not None and taking_part:
+            me.wait_after_compute(time.perf_counter() - started, new_step)
 
     def combine(phase, exchange) -> bool:
         """Complete the exchange, combine its sum into every state; True if rank 0 asked to stop."""
@@ -180,52 +202,68 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
 
     def send(exchange, stop_flag: bool) -> None:
         nonlocal carried, uncompressed
+        if me is not None and me.network is not None and taking_part:
+            me.wait_for_message(exchange.outgoing_bytes())
         sent, dense = exchange.start(stop_flag)
         carried, uncompressed = carried + sent, uncompressed + dense
         counters.bytes_sent += sent
         counters.messages += transport.size * (2 if exchange.compressed else 1)
 
+    def finish(status: str) -> tuple[np.ndarray, str]:
+        if ctx.rank == 0:
+            ctx.worker_steps = (worker_steps if worker_steps is not None else np.full(ctx.workers, counters.round)).tolist()
+        return model(), status
+
     if not evaluate():
-        return model(), "diverged"
+        return finish("diverged")
+    if everyone:  # blank at round 0: no worker has taken part in anything yet
+        counters.extras["active_workers"] = ctx.workers
     pending = False  # overlap: the previous round's reduction is still to be combined
     for round_ in range(1, config.rounds + 1):
         ctx.check_crash(round_)
         if not everyone:
             active = sampler.active(round_)
+            if dropout:
+                active = het.participants(active, owners, round_)
             chosen, rows = set(active.tolist()), sizes[active].sum()
             taking_part = [shard for shard in ctx.shards if shard.client in chosen]
             for shard in taking_part:
                 shard.weight = shard.n / rows
             weights = sizes / rows
             samples_per_round = int(batch_sizes[active].sum()) * algorithm.local_steps
+            working = np.unique(owners[active])
+            counters.extras["active_clients"] = active.size
+            counters.extras["active_workers"] = working.size
+            if worker_steps is not None:
+                worker_steps[working] += 1
         stop_flag = ctx.rank == 0 and ctx.should_stop(watch)
         if algorithm.overlap:
             (phase,), (exchange,) = phases, exchanges
-            local_steps(phase, exchange)
+            local_steps(phase, exchange, True)
             stop = combine(phase, exchange) if pending else False  # the other buffer: last round's
             pending = not (stop or round_ == config.rounds)
             if pending:
                 send(exchange, stop_flag)
         else:
             for index, (phase, exchange) in enumerate(zip(phases, exchanges)):
-                local_steps(phase, exchange)
+                local_steps(phase, exchange, index == 0)
                 send(exchange, stop_flag and index == 0)
                 stopped = combine(phase, exchange)
                 stop = stopped if index == 0 else stop  # only the first phase carries the flag
 
         counters.round = round_
-        counters.updates += sampler.count * algorithm.local_steps
+        counters.updates += active.size * algorithm.local_steps
         counters.samples += samples_per_round
         counters.extras["compression_ratio"] = uncompressed / carried if carried else 1.0
         stop = stop or round_ == config.rounds
         if stop or round_ % config.evaluation_interval == 0:
             if not evaluate():
-                return model(), "diverged"
+                return finish("diverged")
         elif ctx.recorder:
             ctx.recorder.tick(counters)
         if stop:
             break
-    return model(), ctx.end_status()
+    return finish(ctx.end_status())
 
 
 def _report(transport, report, states: dict, shards: list) -> dict:
