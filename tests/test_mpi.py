@@ -209,3 +209,21 @@ def test_mpiexec_gives_the_in_process_csv(tmp_path, algorithm, params):
     # and line search carry that further, 3e-12 measured)
     np.testing.assert_allclose(objectives(out), objectives(local.out), rtol=1e-10)
     assert [row["bytes_sent"] for row in mpi] == [row["bytes_sent"] for row in local_rows]
+
+
+@pytest.mark.parametrize("algorithm", ["ssgd", "asgd"])
+def test_a_worker_crash_leaves_a_failed_manifest_naming_it_and_the_rows_before(tmp_path, algorithm):
+    """Under a plain mpiexec (no dmlcli launcher to tidy up): rank 2 raises at step 50; the manifest
+    says failed and names rank 2 and the step, and the CSV keeps every row evaluated before (asgd
+    evaluates its kept models after the run, so a failed asgd run has none)."""
+    out = tmp_path / "crash.csv"
+    done = dmlcli_mpi(4, "train", algorithm, "--rounds", "200", "--eval-every", "10", "--crash", "2@50",
+                      "--progress", "off", "--out", str(out), timeout=60)
+    assert done.returncode == 1
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["status"] == "failed" and manifest["reason"].startswith("rank 2 failed at step 50: InjectedCrash")
+    rounds = [row["round"] for row in read_csv(out)]
+    if algorithm == "ssgd":
+        assert rounds == [0, 10, 20, 30, 40]  # the crash comes at the start of round 50
+    else:
+        assert rounds == []

@@ -54,6 +54,7 @@ class RunContext:
     recorder: Recorder | None  # rank 0 only
     algorithm: object  # SyncAlgorithm or AsyncAlgorithm
     stop: StopRequest = field(default_factory=StopRequest)  # signals reach it on rank 0 only
+    step: int = 0  # the round (or worker step) reached, for failure reports
     heterogeneity: object = None  # the run's Heterogeneity (runtime.heterogeneity), None without --delay/--network/--dropout
     delays: object = None  # this worker's WorkerDelays (None on rank 0 and without heterogeneity)
     worker_steps: list | None = None  # rank 0, filled by the loop: each worker's rounds taken part (sync) or payloads (async)
@@ -83,6 +84,9 @@ class RunContext:
         return "interrupted" if self.stop.requested else "completed"
 
     def check_crash(self, step: int) -> None:
+        """Called at each round (each step on a worker of the parameter server): also the step a
+        failure report names."""
+        self.step = step
         if self.config.crash == (self.rank, step):
             raise InjectedCrash(f"injected crash at step {step} (--crash {self.rank}@{step})")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -53,7 +54,11 @@ def run_rank(config, transport, summary_stream=None, stop=None) -> int:
                 _record_failure(ctx, manifest, error)
                 raise
         else:
-            model, status = loop(ctx, ctx.algorithm)
+            try:
+                model, status = loop(ctx, ctx.algorithm)
+            except Exception as error:
+                _record_failure_of_worker(ctx, error)
+                raise
     # What each worker computed and slept, for the manifest (one gather, only with heterogeneity).
     slept = transport.gather_object(ctx.delays and ctx.delays.totals()) if ctx.heterogeneity else None
     if transport.rank == 0:
@@ -132,14 +137,41 @@ def _prepare(config, transport, stop, plan, rows):
 
 
 def _record_failure(ctx, manifest, error: BaseException) -> None:
-    """Rank 0 failing or interrupted: the CSV has every row so far; the manifest says why it ended.
-    (A failure on another rank aborts rank 0 too fast for this; its manifest then stays 'running'.)"""
+    """Rank 0 failing or interrupted: the CSV has every row so far; the manifest says why it ended,
+    unless the rank that failed first has already said so (rank 0 then only sees the abort)."""
     ctx.recorder.log.close()
     interrupted = isinstance(error, KeyboardInterrupt)
+    if not interrupted and _manifest_status(ctx.plan.manifest_path) == "failed":
+        return
     manifest.update(status="interrupted" if interrupted else "failed", ended=utc_now(),
                     reason="interrupted" if interrupted else f"rank 0: {type(error).__name__}: {error}",
                     final=ctx.recorder.last_row)
     write_manifest(ctx.plan.manifest_path, manifest)
+
+
+def _record_failure_of_worker(ctx, error: Exception) -> None:
+    """A worker failing: it marks the manifest rank 0 wrote as failed, naming itself and its step,
+    before every rank is aborted (rank 0, stopped mid-collective, cannot). Under anyone's mpirun,
+    not only dmlcli's own launcher."""
+    path = ctx.plan.manifest_path
+    try:
+        with open(path) as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError):
+        return  # not written yet: the failure came before rank 0's start-up finished
+    if manifest.get("status") != "running":
+        return
+    manifest.update(status="failed", ended=utc_now(),
+                    reason=f"rank {ctx.rank} failed at step {ctx.step}: {type(error).__name__}: {error}")
+    write_manifest(path, manifest)
+
+
+def _manifest_status(path) -> str | None:
+    try:
+        with open(path) as handle:
+            return json.load(handle).get("status")
+    except (OSError, ValueError):
+        return None
 
 
 def _finish(ctx, manifest, model, status, summary_stream, slept=None) -> None:
