@@ -76,8 +76,14 @@ def recipe_options(path: str, params: dict[str, Param], algorithm: str) -> dict:
         raise UsageError(f"{origin}: 'algorithm' must be a string, got {_described(named)}")
     if named != algorithm:
         raise UsageError(f"{origin} is for {named!r}, not {algorithm!r}")
+    return recipe_values(recipe.items(), params, origin)
+
+
+def recipe_values(items: Iterable[tuple[str, Any]], params: dict[str, Param], origin: str) -> dict:
+    """The options (key, TOML value) pairs give, each value checked against its option's TOML type and
+    converted; unknown keys and options given twice are errors (what a recipe's top level goes through)."""
     converted = {}
-    for raw_key, key, value in _option_keys(recipe.items(), params, origin):
+    for raw_key, key, value in _option_keys(items, params, origin):
         converted[key] = _convert_toml(value, params[key], raw_key, origin)
     return converted
 

@@ -1,4 +1,4 @@
-"""The `dmlcli` command: `train ALGO`, one subcommand per registered algorithm, `list`, `compare` and `env`."""
+"""The `dmlcli` command: `train ALGO`, one subcommand per registered algorithm, `list`, `compare`, `plot`, `sweep` and `env`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import click
 from dmlcli import __version__
 from dmlcli.cli.compare import compare
 from dmlcli.cli.env import env
+from dmlcli.cli.plot import plot
+from dmlcli.cli.sweep import sweep
 from dmlcli.cli.train import train
 from dmlcli.errors import DmlcliError
 
@@ -32,6 +34,8 @@ def list_algorithms():
 cli.add_command(train)
 cli.add_command(compare)
 cli.add_command(env)
+cli.add_command(plot)
+cli.add_command(sweep)
 
 
 def main(argv: list[str] | None = None) -> None:
