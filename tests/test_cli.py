@@ -31,7 +31,7 @@ def test_help_shows_defaults_and_the_update_rule(capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["train", "sgdx"], "dmlcli train: error: unknown algorithm 'sgdx'; choose from "
-                      "admm, aeasgd, asgd, bmuf, dadam, diana, easgd, giant, ma, scaffold, ssgd, ssp, storm"),
+                      "admm, aeasgd, asgd, bmuf, dadam, diana, dpsgd, easgd, giant, ma, scaffold, ssgd, ssp, storm"),
     (["train", "ssgd", "--bogus", "1"], "dmlcli train ssgd: error: No such option '--bogus'"),
     (["train", "ssgd", "--lr", "0"], "dmlcli train ssgd: error: Invalid value for '--lr': '0' is not a positive number or 'auto'"),
     (["train", "ssgd", "--batch-size", "0"], "Invalid value for '--batch-size': 0 is not a positive integer or 'all'"),

@@ -1,11 +1,11 @@
 """The registry of algorithms: name -> AlgorithmSpec. Add a module, then add it here."""
 
-from dmlcli.algorithms import admm, aeasgd, asgd, bmuf, dadam, diana, easgd, giant, ma, scaffold, ssgd, ssp, storm
-from dmlcli.algorithms.base import AlgorithmSpec, AsyncAlgorithm, Param, Settings, SyncAlgorithm
+from dmlcli.algorithms import admm, aeasgd, asgd, bmuf, dadam, diana, dpsgd, easgd, giant, ma, scaffold, ssgd, ssp, storm
+from dmlcli.algorithms.base import AlgorithmSpec, AsyncAlgorithm, GossipAlgorithm, Param, Settings, SyncAlgorithm
 
 REGISTRY: dict[str, AlgorithmSpec] = {
     spec.name: spec for spec in (ssgd.SPEC, asgd.SPEC, ma.SPEC, bmuf.SPEC, easgd.SPEC, dadam.SPEC, storm.SPEC, scaffold.SPEC,
-                  diana.SPEC, giant.SPEC, admm.SPEC, ssp.SPEC, aeasgd.SPEC)
+                  diana.SPEC, giant.SPEC, admm.SPEC, ssp.SPEC, aeasgd.SPEC, dpsgd.SPEC)
 }
 
-__all__ = ["REGISTRY", "AlgorithmSpec", "AsyncAlgorithm", "Param", "Settings", "SyncAlgorithm"]
+__all__ = ["REGISTRY", "AlgorithmSpec", "AsyncAlgorithm", "GossipAlgorithm", "Param", "Settings", "SyncAlgorithm"]

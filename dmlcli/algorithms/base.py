@@ -6,6 +6,9 @@ The runtime owns the loop and the messages; an algorithm only says what each ran
 - "async" algorithms return `AsyncAlgorithm`: workers run `worker_step` on the newest model
   they received; the server (rank 0) runs `server_update` on each payload as it arrives,
   knowing its staleness.
+- "gossip" (decentralised) algorithms return `GossipAlgorithm`: no server and no global sum;
+  each worker runs `local`, swaps its message with its neighbours in the topology, and runs
+  `mix` with the weighted sum Σ_j W_kj m_j of its own and its neighbours' messages.
 """
 
 from __future__ import annotations
@@ -117,12 +120,25 @@ class AsyncAlgorithm(NamedTuple):
     local_steps: int = 1  # mini-batch steps a worker_step takes, for the CSV's epochs (aeasgd's period)
 
 
+class GossipAlgorithm(NamedTuple):
+    """A decentralised algorithm (runtime.gossip): worker k holds its own model x_k; rank 0 only
+    coordinates (stop flag, evaluation of the mean model x̄) and takes no part in the gossip."""
+
+    init: Callable  # (w0) -> state
+    local: Callable  # (state, shard) -> (message, state); the message (message_size floats) goes to the neighbours
+    mix: Callable  # (state, mixed) -> state; mixed = Σ_j W_kj message_j over k's neighbours and k itself
+    model: Callable  # (state) -> x_k, this worker's model; the CSV evaluates their mean x̄
+    message_size: int
+    topology: str  # a name of runtime.gossip.TOPOLOGIES: who talks to whom, with which weights W, each round
+    local_steps: int = 1  # mini-batch steps per round, for the CSV's updates and epochs
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
     name: str
-    family: str  # "sync" or "async"
+    family: str  # "sync", "async" or "gossip"
     summary: str
-    build: Callable  # (problem, settings, **params) -> SyncAlgorithm | AsyncAlgorithm
+    build: Callable  # (problem, settings, **params) -> SyncAlgorithm | AsyncAlgorithm | GossipAlgorithm
     params: tuple[Param, ...] = field(default_factory=tuple)
     extra_columns: tuple[str, ...] = ()
     client_sampling: bool = True  # False: every client must take part in every round (--client-fraction 1)

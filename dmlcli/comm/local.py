@@ -15,6 +15,7 @@ import numpy as np
 from dmlcli.comm import RankAborted
 
 REDUCTIONS = {"sum": np.sum, "max": np.max}
+TAG_NEIGHBOUR = 3  # gossip messages, as in comm.mpi
 
 
 class LocalHub:
@@ -133,6 +134,17 @@ class LocalTransport:
                     if request is not None and request.test():
                         return index, request.tag
                 self.hub.cond.wait(timeout=0.05)
+
+    def neighbour_exchange(self, send: np.ndarray, peers, out: list | None = None) -> list[np.ndarray]:
+        """Send `send` to every rank in `peers`, then take one message from each mailbox in turn;
+        returns the received buffers in peers' order (into `out` when given). Mailboxes keep a
+        pair's messages in order, as MPI does."""
+        out = out if out is not None else [np.empty_like(send) for _ in peers]
+        for peer in peers:
+            self.isend(send, peer, TAG_NEIGHBOUR)
+        for buf, peer in zip(out, peers):
+            self.wait(self.irecv(buf, peer, TAG_NEIGHBOUR))
+        return out
 
     def abort(self, code: int) -> None:
         with self.hub.cond:

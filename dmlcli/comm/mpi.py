@@ -8,6 +8,7 @@ from mpi4py import MPI
 from dmlcli.comm.polling import YIELD_S, poll_until
 
 REDUCTIONS = {"sum": MPI.SUM, "max": MPI.MAX}
+TAG_NEIGHBOUR = 3  # gossip messages (comm.TAG_WORK and TAG_STOP are the parameter server's); as in comm.local
 
 
 class MPITransport:
@@ -84,6 +85,18 @@ class MPITransport:
 
         (index,) = poll_until(ready)
         return index, status.Get_tag()
+
+    def neighbour_exchange(self, send: np.ndarray, peers, out: list | None = None) -> list[np.ndarray]:
+        """Send `send` to every rank in `peers` and receive one buffer of its size from each, all
+        posted at once (Irecv, then Isend) and waited for together; returns the received buffers in
+        peers' order (into `out` when given). Both sides of a pair must call it in the same round:
+        MPI keeps a pair's messages in order, so a fast rank's next round cannot overtake this one."""
+        out = out if out is not None else [np.empty_like(send) for _ in peers]
+        requests = [self.comm.Irecv(buf, source=peer, tag=TAG_NEIGHBOUR) for buf, peer in zip(out, peers)]
+        requests += [self.comm.Isend(send, dest=peer, tag=TAG_NEIGHBOUR) for peer in peers]
+        if requests:
+            poll_until(lambda: MPI.Request.Testall(requests), YIELD_S)
+        return out
 
     def abort(self, code: int) -> None:
         self.comm.Abort(code)

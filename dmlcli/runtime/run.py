@@ -10,12 +10,13 @@ import sys
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dmlcli.algorithms import AsyncAlgorithm, SyncAlgorithm
+from dmlcli.algorithms import AsyncAlgorithm, GossipAlgorithm, SyncAlgorithm
 from dmlcli.errors import UsageError
 from dmlcli.report import CsvLog, git_revision, make_progress, print_summary, software_versions, utc_now, write_manifest
 from dmlcli.runtime import setup
 from dmlcli.runtime.context import Recorder, RunContext, StopRequest
 from dmlcli.runtime.evaluate import Evaluator
+from dmlcli.runtime.gossip import check_gossip_run, run_gossip
 from dmlcli.runtime.heterogeneity import NO_HETEROGENEITY, Heterogeneity
 from dmlcli.runtime.launch import tell_launcher
 from dmlcli.runtime.parameter_server import check_server_run, run_async
@@ -26,10 +27,12 @@ class CollectiveUsageError(UsageError):
     """Bad input found at start-up and known to every rank: each exits 2, no abort needed."""
 
 
-LOOPS = {SyncAlgorithm: run_sync, AsyncAlgorithm: run_async}  # by what the factory built: ssgd --backup is sync but served
+# The loop is chosen by what the factory built: ssgd --backup is sync but served.
+LOOPS = {SyncAlgorithm: run_sync, AsyncAlgorithm: run_async, GossipAlgorithm: run_gossip}
 # CSV columns the family's loop adds. active_workers: sync, the workers that took part in the last round;
 # async (and ssgd --backup), the workers whose payloads reached the server since the previous evaluation point.
-FAMILY_COLUMNS = {"sync": ("active_workers", "active_clients", "compression_ratio"), "async": ("active_workers",)}
+FAMILY_COLUMNS = {"sync": ("active_workers", "active_clients", "compression_ratio"), "async": ("active_workers",),
+                  "gossip": ()}  # gossip: every worker takes part in every round
 EXIT_CODES = {"completed": 0, "diverged": 3}  # interrupted: 128 + the signal, as a shell reports it
 
 
@@ -106,6 +109,8 @@ def _prepare(config, transport, stop, plan, rows):
         algorithm = setup.algorithm_for(config, problem, len(plan.client_sizes), lr)
         if isinstance(algorithm, AsyncAlgorithm):
             check_server_run(config, len(plan.client_sizes), workers)
+        if isinstance(algorithm, GossipAlgorithm):
+            check_gossip_run(config, algorithm, workers)
     except UsageError as error:
         raise CollectiveUsageError(str(error)) from None
     mpi = transport.describe()

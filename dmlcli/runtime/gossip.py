@@ -1,0 +1,279 @@
+"""The decentralised (gossip) loop: no server and no global sum; each worker mixes its model with
+its neighbours' over a topology.
+
+Roles. The K worker ranks 1..K are the K nodes of the topology (node k − 1 is rank k, one client
+each). Rank 0 holds no data, as in every dmlcli run, and takes no part in the gossip: it is the
+coordinator that owns the stop flag and writes the CSV.
+
+A round, on worker k: the algorithm's `local` step on its shard gives the message m_k (dpsgd: its
+model x_k); the worker swaps messages with its neighbours of this round (`neighbour_exchange`:
+point-to-point Isend/Irecv, one message each way per edge) and runs `mix` with
+Σ_j W_kj m_j = W_kk m_k + Σ_{j ∈ N(k)} W_kj m_j. One 1-float Iallreduce per round, started before
+the local step and completed after the mixing, carries rank 0's stop flag (time limit, signals),
+so every rank leaves after the same round.
+
+Evaluation (round 0, every --eval-every rounds, the last round): one Allreduce of the models gives
+the mean x̄ = Σ_k x_k / K on every rank, a second the consensus distance mean_k ‖x_k − x̄‖²; the CSV
+row is F and the test metrics at x̄, with the column `consensus`. The final model is x̄.
+
+Mixing weights W (`TOPOLOGIES`): symmetric and doubly stochastic, so the mean is preserved by
+mixing: x̄_{t+1} = x̄_t + mean_k (step of k). Fixed graphs use Metropolis–Hastings weights
+W_kj = 1 / (1 + max(deg k, deg j)) on edges and W_kk = 1 − Σ_j W_kj (Xiao & Boyd 2004).
+- ring: k ± 1 (mod K); K = 2 gives W = ½·11ᵀ, the complete graph.
+- torus: a 2-D r × c torus with the most nearly square factorisation K = r·c, 2 ≤ r ≤ c; node k at
+  (k // c, k mod c) with its four wrap-around neighbours (three when r = 2, two when r = c = 2).
+  K without such a factorisation (K < 4, primes) is refused.
+- exponential: k ± 2^i (mod K) for every 2^i < K (the undirected exponential graph).
+- random-pairs: each round a random perfect matching, drawn from a generator seeded by
+  (seed, round) on every rank without a message; a pair averages (W = ½, ½), the odd one out
+  (odd K) keeps its model for the round.
+
+Counters: bytes_sent counts 8·d per neighbour message, the stop flags (8 bytes per rank per round)
+and the two evaluation reductions (8·(d + 1) per rank); as in the other loops, the evaluator's own
+loss sums are not counted. The time of the evaluation reductions is evaluation time.
+
+Heterogeneity: a worker sleeps its compute delay after the local step and its network delay
+(for all its outgoing messages) before the exchange; --dropout is refused (a node missing from a
+round would leave its neighbours waiting, and W would no longer be doubly stochastic).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dmlcli.errors import UsageError
+from dmlcli.runtime.context import Stopwatch
+from dmlcli.runtime.evaluate import Counters, is_finite
+
+PAIRS_STREAM = 12  # seeds the random pairs of each round (setup's sampler stream is 10, sync's clients 11)
+
+
+class Topology:
+    """Who talks to whom in a round, and with which weights; nodes 0..K−1 are ranks 1..K."""
+
+    name = ""
+    varies = False  # True: the graph changes every round (random-pairs)
+
+    def __init__(self, nodes: int):
+        self.nodes = nodes
+
+    def neighbours(self, node: int, round_: int) -> tuple[list[int], np.ndarray, float]:
+        """(peers, their weights W_kj, the node's own weight W_kk) in round `round_` (from 1)."""
+        raise NotImplementedError
+
+    def matrix(self, round_: int = 1) -> np.ndarray:
+        """The whole K × K mixing matrix of a round (for tests and documentation)."""
+        W = np.zeros((self.nodes, self.nodes))
+        for k in range(self.nodes):
+            peers, weights, own = self.neighbours(k, round_)
+            W[k, k] = own
+            W[k, peers] = weights
+        return W
+
+    def messages(self, round_: int) -> int:
+        """Neighbour messages sent in a round, over all nodes (each edge carries one each way)."""
+        return sum(len(self.neighbours(k, round_)[0]) for k in range(self.nodes))
+
+    @property
+    def max_degree(self) -> int:
+        raise NotImplementedError
+
+
+class FixedGraph(Topology):
+    """An undirected graph with Metropolis–Hastings weights, the same every round."""
+
+    def __init__(self, nodes: int, adjacency: list[set[int]]):
+        super().__init__(nodes)
+        self.adjacency = [sorted(peers - {k}) for k, peers in enumerate(adjacency)]
+        degree = [len(peers) for peers in self.adjacency]
+        self._rows = []
+        for k, peers in enumerate(self.adjacency):
+            weights = np.array([1.0 / (1 + max(degree[k], degree[j])) for j in peers])
+            self._rows.append((peers, weights, 1.0 - float(weights.sum())))
+        self._messages = sum(degree)
+
+    def neighbours(self, node: int, round_: int) -> tuple[list[int], np.ndarray, float]:
+        return self._rows[node]
+
+    def messages(self, round_: int) -> int:
+        return self._messages
+
+    @property
+    def max_degree(self) -> int:
+        return max((len(peers) for peers in self.adjacency), default=0)
+
+
+class Ring(FixedGraph):
+    name = "ring"
+
+    def __init__(self, nodes: int, seed: int = 0):
+        super().__init__(nodes, [{(k - 1) % nodes, (k + 1) % nodes} for k in range(nodes)])
+
+
+def torus_shape(nodes: int) -> tuple[int, int]:
+    """(r, c): the most nearly square r·c = nodes with 2 ≤ r ≤ c; UsageError if there is none."""
+    rows = max((r for r in range(2, int(np.sqrt(nodes)) + 1) if nodes % r == 0), default=None)
+    if rows is None:
+        raise UsageError(f"--topology torus needs a worker count that is a product r×c with r, c ≥ 2 "
+                         f"(4, 6, 8, 9, ...), got {nodes}; use ring or exponential")
+    return rows, nodes // rows
+
+
+class Torus(FixedGraph):
+    name = "torus"
+
+    def __init__(self, nodes: int, seed: int = 0):
+        self.shape = rows, cols = torus_shape(nodes)
+        adjacency = []
+        for k in range(nodes):
+            i, j = divmod(k, cols)
+            adjacency.append({((i - 1) % rows) * cols + j, ((i + 1) % rows) * cols + j,
+                              i * cols + (j - 1) % cols, i * cols + (j + 1) % cols})
+        super().__init__(nodes, adjacency)
+
+
+class Exponential(FixedGraph):
+    name = "exponential"
+
+    def __init__(self, nodes: int, seed: int = 0):
+        hops = [2**i for i in range(max(nodes, 1).bit_length()) if 2**i < nodes]
+        super().__init__(nodes, [{(k + s) % nodes for s in hops} | {(k - s) % nodes for s in hops}
+                                 for k in range(nodes)])
+
+
+class RandomPairs(Topology):
+    name = "random-pairs"
+    varies = True
+
+    def __init__(self, nodes: int, seed: int = 0):
+        super().__init__(nodes)
+        self.seed = seed
+        self._round, self._partner = None, None
+
+    def partners(self, round_: int) -> np.ndarray:
+        """Each node's partner in the round, or −1 for the odd one out (odd K)."""
+        if self._round != round_:
+            order = np.random.default_rng([self.seed, PAIRS_STREAM, round_]).permutation(self.nodes)
+            partner = np.full(self.nodes, -1)
+            pairs = order[: self.nodes // 2 * 2].reshape(-1, 2)
+            partner[pairs[:, 0]], partner[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
+            self._round, self._partner = round_, partner
+        return self._partner
+
+    def neighbours(self, node: int, round_: int) -> tuple[list[int], np.ndarray, float]:
+        partner = int(self.partners(round_)[node])
+        return ([], np.zeros(0), 1.0) if partner < 0 else ([partner], np.array([0.5]), 0.5)
+
+    def messages(self, round_: int) -> int:
+        return self.nodes // 2 * 2
+
+    @property
+    def max_degree(self) -> int:
+        return 1 if self.nodes > 1 else 0
+
+
+TOPOLOGIES = {cls.name: cls for cls in (Ring, Torus, Exponential, RandomPairs)}
+
+
+def make_topology(name: str, nodes: int, seed: int) -> Topology:
+    if name not in TOPOLOGIES:
+        raise UsageError(f"unknown topology {name!r}; choose from {', '.join(TOPOLOGIES)}")
+    return TOPOLOGIES[name](nodes, seed)
+
+
+def check_gossip_run(config, algorithm, workers: int) -> None:
+    """Refuse at start-up (every rank) what the gossip loop cannot run. One client per worker is
+    already enforced for every family but "sync" (setup.check_clients)."""
+    if config.dropout:
+        raise UsageError(f"{config.algorithm}: --dropout is not defined for decentralised algorithms "
+                         "(a node sitting a round out would leave its neighbours waiting)")
+    make_topology(algorithm.topology, workers, config.seed)
+
+
+def run_gossip(ctx, algorithm) -> tuple[np.ndarray, str]:
+    """Run to --rounds or --time-limit; returns (x̄, status). Collective."""
+    config, transport, plan = ctx.config, ctx.transport, ctx.plan
+    nodes = ctx.workers
+    topology = make_topology(algorithm.topology, nodes, config.seed)
+    node = ctx.rank - 1  # −1: rank 0, the coordinator
+    shard = ctx.shard
+    state = algorithm.init(ctx.initial_model())
+    d = ctx.problem.d
+    received = [np.empty(algorithm.message_size) for _ in range(topology.max_degree)]
+    flag = np.zeros(1)
+    me = ctx.delays
+    samples_per_round = int(np.sum(plan.batch_sizes)) * algorithm.local_steps
+    message_bytes = 8 * algorithm.message_size
+    counters = Counters(extras={"consensus": None})
+    mean = ctx.initial_model()
+    watch = Stopwatch()
+
+    def average() -> tuple[np.ndarray, float]:
+        """x̄ and mean_k ‖x_k − x̄‖², on every rank: two Allreduces."""
+        buf = np.zeros(d + 1)
+        if node >= 0:
+            buf[:d] = algorithm.model(state)
+        transport.allreduce(buf)
+        x_bar = buf[:d] / nodes
+        buf[:] = 0.0
+        if node >= 0:
+            buf[0] = float(np.sum((algorithm.model(state) - x_bar) ** 2))
+        transport.allreduce(buf)
+        counters.bytes_sent += 2 * buf.nbytes * transport.size
+        counters.messages += 2 * transport.size
+        return x_bar, float(buf[0]) / nodes
+
+    def evaluate() -> bool:
+        nonlocal mean
+        counters.wall_s = watch.training()
+        with watch.evaluating():
+            mean, counters.extras["consensus"] = average()
+            metrics = ctx.evaluator.evaluate(mean[None])[0]
+        counters.eval_s = watch.eval_s
+        if ctx.recorder:
+            ctx.recorder.write(counters, metrics)
+        return is_finite(metrics)
+
+    def finish(status: str) -> tuple[np.ndarray, str]:
+        if ctx.rank == 0:
+            ctx.worker_steps = [counters.round] * nodes
+        return mean, status
+
+    if not evaluate():
+        return finish("diverged")
+    for round_ in range(1, config.rounds + 1):
+        ctx.check_crash(round_)
+        flag[0] = float(ctx.rank == 0 and ctx.should_stop(watch))
+        request = transport.iallreduce(flag)
+        if node >= 0:
+            started = time.perf_counter() if me is not None else 0.0
+            message, state = algorithm.local(state, shard)
+            message = np.ascontiguousarray(message, dtype=np.float64)
+            if me is not None:
+                me.wait_after_compute(time.perf_counter() - started, True)
+            peers, weights, own = topology.neighbours(node, round_)
+            if me is not None and me.network is not None and peers:
+                me.wait_for_message(message.nbytes * len(peers))
+            got = transport.neighbour_exchange(message, [peer + 1 for peer in peers], received[: len(peers)])
+            mixed = own * message
+            for weight, other in zip(weights, got):
+                mixed += weight * other
+            state = algorithm.mix(state, mixed)
+        transport.complete(request)
+        sent = topology.messages(round_)
+        counters.round = round_
+        counters.updates += nodes * algorithm.local_steps
+        counters.samples += samples_per_round
+        counters.bytes_sent += sent * message_bytes + flag.nbytes * transport.size
+        counters.messages += sent + transport.size
+        stop = bool(flag[0] > 0) or round_ == config.rounds
+        if stop or round_ % config.evaluation_interval == 0:
+            if not evaluate():
+                return finish("diverged")
+        elif ctx.recorder:
+            ctx.recorder.tick(counters)
+        if stop:
+            break
+    return finish(ctx.end_status())
