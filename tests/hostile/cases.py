@@ -602,3 +602,42 @@ bad("algo.ma-local-steps-0", T("--local-steps", "0", algo="ma"), stderr=(opt("--
 bad("algo.ma-param-for-ssgd", T("--local-steps", "3"), stderr=(opt("--local-steps"),))
 for algo in ("ma", "bmuf", "easgd", "dadam", "storm"):
     case(f"run.{algo}-2-workers", T("--workers", "2", algo=algo), 0, note="accepted")
+
+# 12. Compressed messages, the newer algorithms, heterogeneity ------------------------------------------
+for spec in ("topk:0", "topk:2", "topk:nan", "randk:-0.1", "qsgd:0", "qsgd:1.5", "sign:3", "filter:inf", "zip", ""):
+    bad(f"compress.ssgd-{spec or 'empty'}", T("--compressor", spec), stderr=(opt("--compressor"),))
+bad("compress.feedback-with-randk", T("--compressor", "randk:0.5", "--error-feedback", algo="ma"),
+    stderr=("unbiased",))
+bad("compress.feedback-without-compressor", T("--error-feedback"), stderr=("--compressor",))
+bad("compress.with-overlap", T("--compressor", "sign", "--overlap"), stderr=("overlap",))
+bad("compress.diana-biased", T("--compressor", "topk:0.5", algo="diana"), stderr=("unbiased",))
+bad("algo.admm-rho-0", T("--rho", "0", algo="admm"), stderr=(opt("--rho"),))
+bad("algo.admm-minibatch", T("--batch-size", "16", algo="admm"), stderr=("batch",))
+bad("algo.giant-l1", T("--reg", "l1", algo="giant"), stderr=("l1",))
+bad("algo.giant-cg-iters-0", T("--cg-iters", "0", algo="giant"), stderr=(opt("--cg-iters"),))
+bad("algo.ssgd-backup-too-many", T("--workers", "2", "--backup", "2"), stderr=(opt("--backup"),))
+bad("algo.ssp-negative-bound", T("--staleness-bound", "-1", algo="ssp"), stderr=(opt("--staleness-bound"),))
+bad("algo.aeasgd-period-0", T("--period", "0", algo="aeasgd"), stderr=(opt("--period"),))
+bad("algo.dpsgd-unknown-topology", T("--topology", "star", algo="dpsgd"), stderr=(opt("--topology"),))
+bad("algo.dpsgd-torus-of-3", T("--workers", "3", "--topology", "torus", algo="dpsgd"), stderr=("torus",))
+for spec in ("const:1,2", "const:0.5,1", "exp:-1", "exp:nan", "lognormal:0", "straggler:0.1,5", "straggler:0.5,0.5", "warp:2"):
+    bad(f"hetero.delay-{spec}", T("--workers", "4", "--delay", spec), stderr=(opt("--delay"),))
+for spec in ("5g", "10", "10,0", "-1,10", "nan,10"):
+    bad(f"hetero.network-{spec}", T("--network", spec), stderr=(opt("--network"),))
+for value in ("1", "-0.1", "nan"):
+    bad(f"hetero.dropout={value}", T("--dropout", value), stderr=(opt("--dropout"),))
+bad("hetero.dropout-easgd", T("--dropout", "0.2", algo="easgd"), stderr=(opt("--dropout"),))
+for algo in ("admm", "giant", "diana", "ssp", "aeasgd", "dpsgd"):
+    case(f"run.{algo}-2-workers", T("--workers", "2", algo=algo), 0, note="accepted")
+case("run.ssgd-topk-feedback", T("--workers", "2", "--compressor", "topk:0.2", "--error-feedback"), 0, note="accepted")
+case("run.ssgd-straggler-dropout", T("--workers", "2", "--delay", "const:1,2", "--dropout", "0.2"), 0, note="accepted")
+
+# 13. compare, plot, sweep: bad input -----------------------------------------------------------------
+NOT_A_LOG = {"x.csv": "a,b\n1,2\n"}
+bad("compare.missing-file", ("compare", "missing.csv"), stderr=("missing.csv",))
+bad("compare.not-a-log", ("compare", "x.csv"), files=NOT_A_LOG, stderr=("x.csv",))
+bad("plot.missing-file", ("plot", "missing.csv", "-o", "p.png"), stderr=("missing.csv",))
+bad("plot.not-a-log", ("plot", "x.csv", "-o", "p.png"), files=NOT_A_LOG, stderr=("x.csv",))
+bad("sweep.missing-recipe", ("sweep", "missing.toml"), stderr=("missing.toml",))
+bad("sweep.bad-list-value", ("sweep", "s.toml", "--dry-run"), files={"s.toml": 'algorithm = "ssgd"\nrounds = [1, 2.5]\n'},
+    stderr=("rounds",))
