@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench hostile seed004 bytes-to-gap lint clean
+.PHONY: install demo test bench hostile seed004 bytes-to-gap straggler lint clean
 
 install: $(STAMP)
 
@@ -38,6 +38,15 @@ seed004: install
 # Bytes sent to a relative gap of 1e-3, ssgd against compressed ssgd and diana (d = 1000, mpiexec -n 5); writes runs/bytes-to-gap.md.
 bytes-to-gap: install
 	$(BIN)/python recipes/bytes_to_gap.py --out runs/bytes-to-gap.md
+
+# Wall-clock time to a relative gap of 1e-3 with one 5x straggler among 4 workers and with none: ssgd, ssgd --backup 1,
+# ssp (s = 3), asgd, aeasgd (mpiexec -n 5, 3 interleaved seeds); writes runs/straggler.md, the CSVs in runs/straggler/
+# and the plot docs/straggler.png (128 colours, to stay small).
+straggler: install
+	$(BIN)/python recipes/straggler.py --out runs/straggler.md --runs runs/straggler/
+	$(BIN)/dmlcli plot runs/straggler/ --x wall_s --y gap --reference $$(sed -n 's/.*(F\* = \([0-9.]*\)).*/\1/p' runs/straggler.md) \
+	  -o docs/straggler.png --title "time to gap, 4 workers, with and without one 5x straggler"
+	$(BIN)/python -c "from PIL import Image; Image.open('docs/straggler.png').convert('RGB').quantize(128).save('docs/straggler.png', optimize=True)"
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff
