@@ -22,9 +22,7 @@ import sys
 import tempfile
 import time
 
-from dmlcli.problems.reference import reference_solution
-from dmlcli.runtime.config import make_config
-from dmlcli.runtime.setup import centralised_problem
+from experiment import optimum, tool, write_table
 
 DATA = "synthetic:n=4000,d=1000,seed=1"
 TARGET = 1e-3
@@ -43,16 +41,6 @@ CONFIGURATIONS = (
     ("diana, qsgd:4", "diana", ["--compressor", "qsgd:4"]),
     ("diana, randk:0.1", "diana", ["--compressor", "randk:0.1"]),
 )
-
-
-def tool(name: str) -> str:
-    return os.path.join(os.path.dirname(sys.executable), name)
-
-
-def optimum() -> float:
-    config = make_config("ssgd", data=DATA, lam=0.01, batch_size=None, progress="off", out="unused.csv")
-    problem, X, y = centralised_problem(config, workers=4)
-    return reference_solution(problem, X, y)[1]
 
 
 def one_run(algorithm: str, options: list[str], rounds: int, every: int, best: float, timeout: float) -> dict:
@@ -83,7 +71,7 @@ def main() -> int:
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args()
-    best = optimum()
+    best = optimum(data=DATA, lam=0.01)
     lines = [f"Bytes to (F − F*)/F* ≤ {TARGET:g}: `{DATA}`, logistic, λ = 0.01, 4 workers (mpiexec -n 5), "
              f"full local gradients, step 1/L (≈ 1.62 here) unless given, at most {args.rounds} rounds, evaluated every {args.eval_every}.",
              f"Measured {datetime.date.today()} on {platform.node()} ({os.cpu_count()} cores), "
@@ -105,11 +93,7 @@ def main() -> int:
         versus = f"{result['bytes'] / baseline:.3f}" if reached and baseline else "–"
         lines.append(f"| {label} | {rounds} | {bytes_sent} | {versus} | {result['ratio']:.1f} | {result['gap']:.1e} | "
                      f"{result['seconds']:.0f} |")
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        handle.write(text)
-    print(text)
+    write_table(lines, args.out)
     return 0
 
 

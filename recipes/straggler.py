@@ -28,9 +28,7 @@ import subprocess
 import sys
 import time
 
-from dmlcli.problems.reference import reference_solution
-from dmlcli.runtime.config import make_config
-from dmlcli.runtime.setup import centralised_problem
+from experiment import optimum, tool, write_table
 
 DATA = "synthetic:n=40000,d=200,seed=1"
 TARGET = 1e-3
@@ -46,17 +44,6 @@ CONFIGURATIONS = (
     ("asgd", "asgd", [], 1200, 8),
     ("aeasgd", "aeasgd", [], 4000, 10),
 )
-
-
-def tool(name: str) -> str:
-    return os.path.join(os.path.dirname(sys.executable), name)
-
-
-def optimum() -> float:
-    config = make_config("ssgd", data=DATA, lam=0.01, batch_size=None, test_fraction=0.0, progress="off",
-                         out="unused.csv")
-    problem, X, y = centralised_problem(config, workers=4)
-    return reference_solution(problem, X, y)[1]
 
 
 def one_run(algorithm: str, options: list[str], rounds: int, every: int, seed: int, out: str, best: float,
@@ -104,7 +91,7 @@ def main() -> int:
     os.makedirs(args.runs, exist_ok=True)
     for stale in glob.glob(os.path.join(args.runs, "*.csv")) + glob.glob(os.path.join(args.runs, "*.json")):
         os.remove(stale)
-    best = optimum()
+    best = optimum(data=DATA, lam=0.01, test_fraction=0.0)
     print(f"F* = {best:.12g}", flush=True)
     results: dict[tuple[str, str], list[dict]] = {}
     started = time.perf_counter()
@@ -143,11 +130,7 @@ def main() -> int:
                 f"{summary([run['round'] for run in hits], '.0f')} | {summary([run['updates'] for run in hits], '.0f')} | "
                 f"{summary([run['final_gap'] for run in runs], '.1e')} ({runs[0]['final_round']}, "
                 f"{summary([run['final_wall'] for run in runs], '.2f')} s) |")
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        handle.write(text)
-    print(text)
+    write_table(lines, args.out)
     return 0
 
 
