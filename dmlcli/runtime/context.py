@@ -83,6 +83,17 @@ class RunContext:
     def end_status(self) -> str:
         return "interrupted" if self.stop.requested else "completed"
 
+    def close_round(self, counters, stop: bool, evaluate) -> str | None:
+        """The end of round counters.round of a synchronous or gossip loop: evaluate (collective) at
+        the interval and when stopping, else tick rank 0's progress. Returns the status the run ends
+        with ("diverged", or end_status() when stopping), or None to go on."""
+        if stop or counters.round % self.config.evaluation_interval == 0:
+            if not evaluate():
+                return "diverged"
+        elif self.recorder:
+            self.recorder.tick(counters)
+        return self.end_status() if stop else None
+
     def check_crash(self, step: int) -> None:
         """Called at each round (each step on a worker of the parameter server): also the step a
         failure report names."""

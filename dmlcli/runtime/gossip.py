@@ -269,11 +269,7 @@ def run_gossip(ctx, algorithm) -> tuple[np.ndarray, str]:
         counters.bytes_sent += sent * message_bytes + flag.nbytes * transport.size
         counters.messages += sent + transport.size
         stop = bool(flag[0] > 0) or round_ == config.rounds
-        if stop or round_ % config.evaluation_interval == 0:
-            if not evaluate():
-                return finish("diverged")
-        elif ctx.recorder:
-            ctx.recorder.tick(counters)
-        if stop:
-            break
+        ended = ctx.close_round(counters, stop, evaluate)
+        if ended:
+            return finish(ended)
     return finish(ctx.end_status())

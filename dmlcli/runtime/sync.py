@@ -256,13 +256,9 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
         counters.samples += samples_per_round
         counters.extras["compression_ratio"] = uncompressed / carried if carried else 1.0
         stop = stop or round_ == config.rounds
-        if stop or round_ % config.evaluation_interval == 0:
-            if not evaluate():
-                return finish("diverged")
-        elif ctx.recorder:
-            ctx.recorder.tick(counters)
-        if stop:
-            break
+        ended = ctx.close_round(counters, stop, evaluate)
+        if ended:
+            return finish(ended)
     return finish(ctx.end_status())
 
 
