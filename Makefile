@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench hostile seed004 bytes-to-gap straggler lint clean
+.PHONY: install demo test bench hostile seed004 bytes-to-gap straggler soak lint clean
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ straggler: install
 	$(BIN)/dmlcli plot runs/straggler/ --x wall_s --y gap --reference $$(sed -n 's/.*(F\* = \([0-9.]*\)).*/\1/p' runs/straggler.md) \
 	  -o docs/straggler.png --title "time to gap, 4 workers, with and without one 5x straggler"
 	$(BIN)/python -c "from PIL import Image; Image.open('docs/straggler.png').convert('RGB').quantize(128).save('docs/straggler.png', optimize=True)"
+
+# 200 seeded runs of the asynchronous algorithms with random delays, dropout, crashes and hangs on 2-6 ranks: each must
+# end with the exit code its case predicts, nothing may hang (the suite runs 4 of them); writes runs/soak.md.
+soak: install
+	$(BIN)/python recipes/soak.py --cases 200 --out runs/soak.md
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff

@@ -32,7 +32,9 @@ def logged(log_path: str, seed: int) -> None:
         def server_update(state, payload, staleness):
             before = list(state.clocks)
             state, outcome = algorithm.server_update(state, payload, staleness)
-            updates.append([int(payload[d + 1]), before, staleness, outcome.hold, outcome.advanced, list(state.clocks)])
+            k = int(payload[d + 1])
+            held = not algorithm.may_start(state, k)  # one client per worker: k steps next
+            updates.append([k, before, staleness, held, outcome.advanced, list(state.clocks)])
             return state, outcome
 
         return algorithm._replace(worker_step=worker_step, server_update=server_update)

@@ -9,7 +9,6 @@ import numpy as np
 from test_ssp import check_the_bound
 
 from conftest import BIN, dmlcli_mpi, objectives, reference_objective
-from dmlcli.algorithms.base import Outcome
 from dmlcli.report import read_csv
 from dmlcli.runtime.config import make_config
 
@@ -56,7 +55,7 @@ def test_the_ssp_bound_holds_under_mpiexec_with_seeded_delays(tmp_path):
                            "--batch-size", "16", "--rounds", "300", "--progress", "off", "--out", str(out)],
                           capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
     assert done.returncode == 0, done.stderr
-    updates = [(k, before, staleness, Outcome(advanced=advanced, hold=held), after)
+    updates = [(k, before, staleness, advanced, held, after)
                for k, before, staleness, held, advanced, after in json.loads(log.read_text())]
     held, widest = check_the_bound(updates, bound=2, workers=4)
     assert held > 0 and widest == 3

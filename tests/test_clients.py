@@ -78,8 +78,8 @@ def test_a_sampled_round_is_a_gradient_step_on_the_clients_taking_part(config):
 
 @pytest.mark.parametrize("algorithm,options,fragment", [
     ("ssgd", {"clients": 2}, "--clients 2 is fewer than the 3 workers"),
-    ("asgd", {"clients": 6}, "for synchronous algorithms so far"),
-    ("asgd", {"client_fraction": 0.5}, "for synchronous algorithms so far"),
+    ("dpsgd", {"clients": 6}, "a gossip run has one client per worker"),
+    ("asgd", {"client_fraction": 0.5}, "--client-fraction is for synchronous algorithms"),
     ("easgd", {"clients": 6, "client_fraction": 0.5}, "--client-fraction below 1 is not defined for it"),
 ])
 def test_impossible_client_settings_are_refused_before_the_run(config, algorithm, options, fragment):

@@ -231,8 +231,8 @@ def test_divergence_exits_3(config):
 
 @pytest.mark.parametrize(("params", "options", "message"), [
     ({"topology": "torus"}, {}, "--topology torus needs a worker count"),  # 3 workers: not r×c
-    ({}, {"clients": 6}, "--clients and --client-fraction"),
-    ({}, {"client_fraction": 0.5}, "--clients and --client-fraction"),
+    ({}, {"clients": 6}, "a gossip run has one client per worker"),
+    ({}, {"client_fraction": 0.5}, "--client-fraction is for synchronous algorithms"),
     ({}, {"dropout": 0.2}, "--dropout is not defined for decentralised algorithms"),
 ])
 def test_refused_options(config, params, options, message):

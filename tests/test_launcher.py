@@ -186,3 +186,20 @@ def test_the_relay_passes_other_output_through_unchanged(capsys):
     text, launch = relayed([output[:17], output[17:40], output[40:]], capsys)
     assert text == "a progress bar\r[redrawn] ====== not a banner ======\nsummary\n"
     assert launch.exit_codes == [0, 0] and launch.banner == ""
+
+
+
+def test_srun_tasks_without_pmi_are_refused_in_one_line(capsys, monkeypatch, tmp_path):
+    """Each task would otherwise start an mpiexec of its own inside the job."""
+    from dmlcli.cli import main
+    from dmlcli.runtime import launch
+
+    for name in launch.LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "ssgd", "--out", str(tmp_path / "run.csv")])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("dmlcli: error: srun started 4 tasks without PMI")
+    assert list(tmp_path.iterdir()) == []

@@ -62,15 +62,14 @@ def test_the_server_rule_by_hand(problem):
 
     payload, _ = algorithm.worker_step(None, served, first)
     state, outcome = algorithm.server_update(state, payload, 0)  # worker 0 at clock 2, worker 1 at 0: 2 > s
-    assert state.clocks == [2, 0] and outcome.hold and not outcome.advanced and not outcome.until(state)
+    assert state.clocks == [2, 0] and outcome == Outcome() and not algorithm.may_start(state, 0)  # held
     w = w - K * eta * 0.4 * grad(served, first)
     np.testing.assert_allclose(algorithm.model(state), prox(w, K * eta * 0.8), rtol=1e-15)
 
     payload, _ = algorithm.worker_step(None, w0, second)
-    held_until = outcome.until
     state, outcome = algorithm.server_update(state, payload, 0)  # worker 1 completes clock 1: min 0 → 1
     assert state.clocks == [2, 1] and outcome == Outcome(advanced=True)
-    assert held_until(state)  # worker 0 is now 1 ahead: it may go on
+    assert algorithm.may_start(state, 0) and algorithm.may_start(state, 1)  # worker 0 is now 1 ahead: it may go on
     w = prox(w - K * eta * 0.6 * grad(w0, second), K * eta * (0.8 + 0.6))
     np.testing.assert_allclose(state.w, w, rtol=1e-15)
     assert state.pending == 0.0 and algorithm.model(state) is state.w
@@ -86,9 +85,9 @@ def test_with_s_0_one_clock_is_one_proximal_gradient_step_of_k_eta(problem):
     for _ in range(3):
         payloads = [algorithm.worker_step(None, algorithm.model(state), shard)[0] for shard in parts]
         state, first = algorithm.server_update(state, payloads[0], 0)
-        assert first.hold and not first.advanced and not first.until(state)
+        assert first == Outcome() and not algorithm.may_start(state, 0)  # held until the clock completes
         state, last = algorithm.server_update(state, payloads[1], 0)
-        assert last == Outcome(advanced=True) and first.until(state)
+        assert last == Outcome(advanced=True) and algorithm.may_start(state, 0) and algorithm.may_start(state, 1)
         w = prox(w - 2 * eta * (0.4 * grad(w, parts[0]) + 0.6 * grad(w, parts[1])), 2 * eta)
         np.testing.assert_allclose(algorithm.model(state), w, rtol=1e-14)
 
@@ -97,7 +96,7 @@ def test_with_s_0_one_clock_is_one_proximal_gradient_step_of_k_eta(problem):
 
 class ClockLog:
     """The run's ssp with each worker step delayed by a seeded random time, and every server update
-    recorded: (worker, clocks before, staleness, outcome, clocks after)."""
+    recorded: (worker, clocks before, staleness, advanced, held, clocks after)."""
 
     def __init__(self, monkeypatch, delay):
         self.updates, self.lock = [], threading.Lock()
@@ -114,7 +113,9 @@ class ClockLog:
             def server_update(state, payload, staleness):
                 before = list(state.clocks)
                 state, outcome = algorithm.server_update(state, payload, staleness)
-                self.updates.append((int(payload[d + 1]), before, staleness, outcome, list(state.clocks)))
+                k = int(payload[d + 1])
+                held = not algorithm.may_start(state, k)  # one client per worker: k steps next
+                self.updates.append((k, before, staleness, outcome.advanced, held, list(state.clocks)))
                 return state, outcome
 
             return algorithm._replace(worker_step=worker_step, server_update=server_update)
@@ -132,16 +133,16 @@ def check_the_bound(updates, bound, workers):
     4. a worker is held exactly when its clock is more than s ahead of the slowest after its update.
     Returns the number of held payloads and the largest spread seen."""
     version, held, widest = 0, 0, 0
-    for k, before, staleness, outcome, after in updates:
+    for k, before, staleness, advanced, hold, after in updates:
         assert version == min(before)
         assert before[k] - (version - staleness) <= bound, (k, before, staleness)
         assert 0 <= staleness <= bound
         assert after[k] == before[k] + 1 and sum(after) == sum(before) + 1
         assert max(after) - min(after) <= bound + 1
-        assert outcome.hold == (after[k] - min(after) > bound)
-        assert outcome.advanced == (min(after) > min(before))
-        version += outcome.advanced
-        held += outcome.hold
+        assert hold == (after[k] - min(after) > bound)
+        assert advanced == (min(after) > min(before))
+        version += advanced
+        held += hold
         widest = max(widest, max(after) - min(after))
     return held, widest
 
@@ -189,7 +190,7 @@ def test_a_large_s_holds_no_one_and_converges_as_asgd(config, monkeypatch):
     log = ClockLog(monkeypatch, delay=lambda client: 0.0)
     run = config("ssp", {"staleness_bound": 10**6}, **FULL, rounds=2000)
     assert run_local(run, workers=3) == 0
-    assert not any(outcome.hold for _, _, _, outcome, _ in log.updates)
+    assert not any(held for *_, held, _ in log.updates)
     optimum = reference_objective(run)
     gaps = [(value - optimum) / optimum for value in objectives(run.out)]
     assert min(gaps) <= 1e-3 and gaps[-1] <= 1e-2

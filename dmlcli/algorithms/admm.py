@@ -107,6 +107,27 @@ def newton_cg_solver(loss, X, y: np.ndarray, rho: float, iterations: int):
     return solve
 
 
+def local_solver(loss, shard, rho: float, local_iters: int):
+    """A client's solve (v, x_start) -> argmin_x f_k(x) + (ρ/2)‖x − v‖² on its whole shard (admm's and
+    async-admm's): exact for the squared loss while the factor's side is at most MAX_FACTOR_SIDE,
+    else at most `local_iters` Newton-CG steps from x_start."""
+    X, y = shard.X, shard.y
+    if loss.name == "squared" and min(X.shape) <= MAX_FACTOR_SIDE:
+        return squared_loss_solver(X, y, rho)
+    return newton_cg_solver(loss, X, y, rho, local_iters)
+
+
+def check_local_solve(name: str, settings, rho: float, local_iters: int) -> None:
+    """Refuse what local_solver cannot use (admm's and async-admm's options), naming the algorithm."""
+    if not (rho > 0.0 and math.isfinite(rho)):
+        raise UsageError(f"{name}: --rho must be a positive number, got {rho:g}")
+    if local_iters < 1:
+        raise UsageError(f"{name}: --local-iters must be at least 1, got {local_iters}")
+    if settings.batch_size is not None:
+        raise UsageError(f"{name} solves each client's problem on its whole shard every round; --batch-size "
+                         f"{settings.batch_size} has no meaning for it: pass --batch-size all")
+
+
 def admm(problem, settings, rho=DEFAULT_RHO, local_iters=DEFAULT_LOCAL_ITERS):
     """Consensus ADMM, synchronous, every client in every round.
 
@@ -146,26 +167,14 @@ def admm(problem, settings, rho=DEFAULT_RHO, local_iters=DEFAULT_LOCAL_ITERS):
     with ρ = 0.1). (Boyd, Parikh, Chu, Peleato, Eckstein 2011, "Distributed optimization and
     statistical learning via the alternating direction method of multipliers", ch. 7.)
     """
-    if not (rho > 0.0 and math.isfinite(rho)):
-        raise UsageError(f"admm: --rho must be a positive number, got {rho:g}")
-    if local_iters < 1:
-        raise UsageError(f"admm: --local-iters must be at least 1, got {local_iters}")
-    if settings.batch_size is not None:
-        raise UsageError(f"admm solves each client's problem on its whole shard every round; --batch-size "
-                         f"{settings.batch_size} has no meaning for it: pass --batch-size all")
-    d, loss = problem.d, problem.loss
-
-    def make_solver(shard):
-        X, y = shard.X, shard.y
-        if loss.name == "squared" and min(X.shape) <= MAX_FACTOR_SIDE:
-            return squared_loss_solver(X, y, rho)
-        return newton_cg_solver(loss, X, y, rho, local_iters)
+    check_local_solve("admm", settings, rho, local_iters)
+    d = problem.d
 
     def init(w0):
         return State(w0.copy(), np.zeros_like(w0), w0.copy(), w0.copy(), None)
 
     def local(state, shard):
-        solve = state.solve or make_solver(shard)
+        solve = state.solve or local_solver(problem.loss, shard, rho, local_iters)
         x = solve(state.z - state.u, state.x)
         return shard.weight * (x + state.u), state._replace(x=x, solve=solve)
 

@@ -9,6 +9,9 @@ The runtime owns the loop and the messages; an algorithm only says what each ran
 - "gossip" (decentralised) algorithms return `GossipAlgorithm`: no server and no global sum;
   each worker runs `local`, swaps its message with its neighbours in the topology, and runs
   `mix` with the weighted sum Σ_j W_kj m_j of its own and its neighbours' messages.
+- "shared" (shared-memory) algorithms return `SharedAlgorithm`: the workers of one node update
+  one model w held in shared memory, without locks; each step a worker runs `compute` on w as it
+  finds it and its shard, and `apply` writes the update into w in place.
 """
 
 from __future__ import annotations
@@ -113,11 +116,21 @@ HELD = Outcome(hold=True)
 class AsyncAlgorithm(NamedTuple):
     server_init: Callable  # (w0) -> server state
     worker_init: Callable  # (w0) -> worker state
-    worker_step: Callable  # (worker_state, model, shard) -> (payload, worker_state)
+    worker_step: Callable  # (worker_state, model, shard) -> (payload, worker_state); model None between pulls
     server_update: Callable  # (server_state, payload, staleness) -> (server_state, Outcome, or a bool: applied)
     model: Callable  # (server_state) -> the model sent to workers and evaluated
     payload_size: int
     local_steps: int = 1  # mini-batch steps a worker_step takes, for the CSV's epochs (aeasgd's period)
+    # (server_state, client) -> (server_state, advanced): the server goes on without a client whose
+    # worker failed (--on-failure continue); advanced: the model moved on a version without it (a
+    # bound that waited for it). None: nothing in the state depends on who works.
+    leave: Callable | None = None
+    # The worker takes the server's model after every this many payloads only: in between the server
+    # does not answer, the worker does not wait, and worker_step gets None for the model (asgd --pull-every).
+    pushes_per_pull: int = 1
+    # (server_state, client) -> bool: may this client start its next step now? The server holds the
+    # reply of a worker whose next client may not, until it may (ssp's bound). None: always.
+    may_start: Callable | None = None
 
 
 class GossipAlgorithm(NamedTuple):
@@ -133,12 +146,23 @@ class GossipAlgorithm(NamedTuple):
     local_steps: int = 1  # mini-batch steps per round, for the CSV's updates and epochs
 
 
+class SharedAlgorithm(NamedTuple):
+    """A lock-free shared-memory algorithm (runtime.shared_memory): every worker rank of one node
+    steps on the same model w, held once in memory they all map; rank 0 only coordinates (stop flag,
+    snapshots of w for evaluation). Nothing travels, so there is no message size."""
+
+    shard_sums: Callable  # (shard) -> d floats; the runtime adds them up over every worker's shard before the run
+    init: Callable  # (summed) -> this worker's state, from the sum of shard_sums over all shards
+    compute: Callable  # (state, w, shard) -> (update, state): one step's update from the shared w, read as found
+    apply: Callable  # (w, update) -> None: writes the update into the shared w in place, without a lock
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
     name: str
-    family: str  # "sync", "async" or "gossip"
+    family: str  # "sync", "async", "gossip" or "shared"
     summary: str
-    build: Callable  # (problem, settings, **params) -> SyncAlgorithm | AsyncAlgorithm | GossipAlgorithm
+    build: Callable  # (problem, settings, **params) -> SyncAlgorithm | AsyncAlgorithm | GossipAlgorithm | SharedAlgorithm
     params: tuple[Param, ...] = field(default_factory=tuple)
     extra_columns: tuple[str, ...] = ()
     client_sampling: bool = True  # False: every client must take part in every round (--client-fraction 1)

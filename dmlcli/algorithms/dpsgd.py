@@ -21,6 +21,10 @@ def dpsgd(problem, settings, topology="ring"):
     with gradients taken at the local models. With a constant step x̄ settles O(η)-close to the
     optimum, not at it: the local gradients differ at x*. (Lian et al. 2017, "Can decentralized
     algorithms outperform centralized algorithms?"; Nedić & Ozdaglar 2009 for the deterministic DGD.)
+
+    With --on-failure continue a node whose step fails leaves the gossip and the others re-wire
+    over the survivors (runtime.gossip, Failures): x̄ then heads for the minimiser of the
+    survivors' objective, as the lost shard's rows are no longer trained on (F still counts them).
     """
     eta, batch = settings.lr, settings.batch_size
 

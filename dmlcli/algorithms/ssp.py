@@ -1,5 +1,6 @@
 """Stale synchronous parallel SGD on a parameter server."""
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,9 +26,9 @@ def ssp(problem, settings, staleness_bound=DEFAULT_BOUND):
     """Stale synchronous parallel (SSP) SGD on the parameter server.
 
     Worker k's clock c_k counts the steps it has completed. A worker at clock c may start its next
-    step only while c − min_j c_j ≤ s (--staleness-bound): the server leaves its reply unanswered
-    until the slowest worker is close enough, so no worker is ever more than s + 1 clocks ahead of
-    the slowest, and no gradient is computed at a model more than s clocks old.
+    step only while c − min_j c_j ≤ s (--staleness-bound, `may_start`): the server leaves its reply
+    unanswered until the slowest worker is close enough, so no worker is ever more than s + 1
+    clocks ahead of the slowest, and no gradient is computed at a model more than s clocks old.
     Worker k sends (n_k/n) g_k (its shard's mini-batch gradient at the model it was given) and its
     client number. The server applies each gradient on arrival,
         w ← w − Kη (n_k/n) g_k,   m ← m + n_k/n,
@@ -39,7 +40,11 @@ def ssp(problem, settings, staleness_bound=DEFAULT_BOUND):
     With s = 0 every worker of clock c is held until the clock completes, all are served w_c, and
         w_{c+1} = prox_{Kηr}(w_c − Kη Σ_k (n_k/n) g_k(w_c)):
     ssgd with step Kη (with --lr auto, 1/(L·K) here and 1/L there: the same run). With a large s
-    nobody waits: asgd, with the regulariser's prox committed once a clock. One client per worker.
+    nobody waits: asgd, with the regulariser's prox committed once a clock. With --clients N each
+    client is a logical worker with its own clock (K = N above), its rank stepping for its clients
+    in turn; s = 0 is then ssgd only with one client per worker, as a rank's next client is served
+    the model with its previous clients' gradients applied. A worker that fails under
+    --on-failure continue takes its clients out of the clock minimum.
     (Ho et al. 2013, "More effective distributed ML via a stale synchronous parallel parameter
     server".)
     """
@@ -72,17 +77,26 @@ def ssp(problem, settings, staleness_bound=DEFAULT_BOUND):
         if advanced:
             state.w = model(state)
             state.pending = 0.0
+        return state, Outcome(advanced=advanced)
 
-        def may_start(s, k=k):
-            """Worker k may start its next step: its clock is at most s ahead of the slowest."""
-            return s.clocks[k] - min(s.clocks) <= bound
+    def may_start(state, client):
+        """The client may start its next step: its clock is at most s ahead of the slowest."""
+        return state.clocks[client] - min(state.clocks) <= bound
 
-        if may_start(state):
-            return state, Outcome(advanced=advanced)
-        return state, Outcome(advanced=advanced, hold=True, until=may_start)
+    def leave(state, client):
+        """The client's worker failed (--on-failure continue): its clock no longer holds the others
+        back, and if it was the slowest, the clock the others have completed is committed."""
+        slowest = min(state.clocks)
+        state.clocks[client] = math.inf
+        advanced = min(state.clocks) > slowest
+        if advanced:
+            state.w = model(state)
+            state.pending = 0.0
+        return state, advanced
 
     return AsyncAlgorithm(server_init, worker_init=lambda w0: None, worker_step=worker_step,
-                          server_update=server_update, model=model, payload_size=d + 2)
+                          server_update=server_update, model=model, payload_size=d + 2, leave=leave,
+                          may_start=may_start)
 
 
 SPEC = AlgorithmSpec(

@@ -59,8 +59,13 @@ def resolve(ctx: click.Context, algorithm: str, values: dict):
     for name, value in values.items():
         if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
             given[name] = value
-    params = {name: given.pop(name) for name in [p.name for p in spec.params] if name in given}
-    return make_config(algorithm, params, **given), given
+    params = {name: given[name] for name in [p.name for p in spec.params] if name in given}
+    config = make_config(algorithm, params, **{name: value for name, value in given.items() if name not in params})
+    if config.resume is not None:
+        from dmlcli.runtime.checkpoint import resumed_config
+
+        config = resumed_config(config, given)
+    return config, given
 
 
 def make_train_command(spec) -> click.Command:
@@ -71,6 +76,8 @@ def make_train_command(spec) -> click.Command:
         config, given = resolve(ctx, spec.name, values)
         if not launch.under_launcher():
             from dmlcli.runtime.setup import precheck
+
+            launch.refuse_srun_without_pmi()
 
             if config.workers > MAX_LAUNCHED_WORKERS:
                 raise UsageError(f"--workers {config.workers}: dmlcli starts at most {MAX_LAUNCHED_WORKERS} workers "

@@ -7,15 +7,16 @@ test ends instead of hanging.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections import deque
 
 import numpy as np
 
-from dmlcli.comm import RankAborted
+from dmlcli.comm import TAG_NEIGHBOUR, RankAborted, Stalled
 
 REDUCTIONS = {"sum": np.sum, "max": np.max}
-TAG_NEIGHBOUR = 3  # gossip messages, as in comm.mpi
 
 
 class LocalHub:
@@ -64,6 +65,7 @@ class _Receive:
 class LocalTransport:
     def __init__(self, hub: LocalHub, rank: int):
         self.hub, self.rank, self.size = hub, rank, hub.size
+        self.stall_timeout: float | None = None  # seconds any wait may last (see comm.Stalled); None: no limit
 
     def _meet(self, value):
         """Deposit a value, wait for every rank; return all deposits in rank order."""
@@ -76,9 +78,12 @@ class LocalTransport:
 
     def _barrier(self):
         try:
-            self.hub.barrier.wait()
+            self.hub.barrier.wait(self.stall_timeout)
         except threading.BrokenBarrierError:
-            raise RankAborted(f"rank {self.hub.aborted[0]} aborted") from None
+            if self.hub.aborted:
+                raise RankAborted(f"rank {self.hub.aborted[0]} aborted") from None
+            # A timeout breaks the barrier for every rank at it: each of them reports the stall.
+            raise Stalled(self.stall_timeout) from None
 
     def allreduce(self, buf: np.ndarray, op: str = "sum") -> None:
         buf[...] = REDUCTIONS[op](self._meet(buf.copy()), axis=0)
@@ -122,10 +127,12 @@ class LocalTransport:
     def irecv(self, buf: np.ndarray, source: int, tag: int | None = None):
         return _Receive(self.hub, self.rank, buf, source, tag)
 
-    def wait(self, request) -> int:
-        return self.waitany([request])[1]
+    def wait(self, request, timeout: float | None = None) -> int:
+        return self.waitany([request], timeout)[1]
 
-    def waitany(self, requests: list) -> tuple[int, int]:
+    def waitany(self, requests: list, timeout: float | None = None) -> tuple[int, int]:
+        timeout = self.stall_timeout if timeout is None else timeout
+        give_up = float("inf") if timeout is None else time.monotonic() + timeout
         with self.hub.cond:
             while True:
                 if self.hub.aborted:
@@ -133,6 +140,8 @@ class LocalTransport:
                 for index, request in enumerate(requests):
                     if request is not None and request.test():
                         return index, request.tag
+                if time.monotonic() >= give_up:
+                    raise Stalled(timeout)
                 self.hub.cond.wait(timeout=0.05)
 
     def neighbour_exchange(self, send: np.ndarray, peers, out: list | None = None) -> list[np.ndarray]:
@@ -153,5 +162,26 @@ class LocalTransport:
         self.hub.barrier.abort()
         raise RankAborted(f"rank {self.rank} aborted")
 
+    def sleep_until_aborted(self, timeout: float | None = None) -> None:
+        """Do nothing until another rank aborts the run, or for `timeout` seconds (None: for ever)."""
+        give_up = float("inf") if timeout is None else time.monotonic() + timeout
+        with self.hub.cond:
+            while not self.hub.aborted:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    return
+                self.hub.cond.wait(timeout=min(0.05, left))
+        raise RankAborted(f"rank {self.hub.aborted[0]} aborted")
+
     def describe(self) -> dict:
         return {"mpi_library": "in-process threads", "mpi_standard": None, "ranks": self.size, "hosts": ["localhost"]}
+
+    def same_node(self) -> bool:
+        """Threads of one process share all their memory."""
+        return True
+
+    @contextlib.contextmanager
+    def shared_array(self, size: int):
+        """Collective: a float64 array of `size` zeros, made by rank 0 and handed through the hub,
+        the same array on every rank (as comm.mpi's is the same memory)."""
+        yield self._meet(np.zeros(size) if self.rank == 0 else None)[0]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import numpy as np
 from mpi4py import MPI
 
+from dmlcli.comm import TAG_NEIGHBOUR
 from dmlcli.comm.polling import YIELD_S, poll_until
 
 REDUCTIONS = {"sum": MPI.SUM, "max": MPI.MAX}
-TAG_NEIGHBOUR = 3  # gossip messages (comm.TAG_WORK and TAG_STOP are the parameter server's); as in comm.local
 
 
 class MPITransport:
@@ -16,12 +19,17 @@ class MPITransport:
         self.comm = comm or MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
+        self.stall_timeout: float | None = None  # seconds any wait may last (see comm.Stalled); None: no limit
+
+    def _until(self, test, yield_s: float = 0.0, timeout: float | None = None):
+        """Poll test() to completion, giving up after `timeout` (default: the stall timeout)."""
+        return poll_until(test, yield_s, self.stall_timeout if timeout is None else timeout)
 
     # collectives
     def allreduce(self, buf: np.ndarray, op: str = "sum") -> None:
         """Reduce buf over all ranks in place: op "sum" or "max"."""
         request = self.comm.Iallreduce(MPI.IN_PLACE, buf, op=REDUCTIONS[op])
-        poll_until(request.Test, YIELD_S)
+        self._until(request.Test, YIELD_S)
 
     def iallreduce(self, buf: np.ndarray, op: str = "sum"):
         """Start reducing buf in place; complete(request) before touching buf again."""
@@ -29,12 +37,12 @@ class MPITransport:
 
     def complete(self, request) -> None:
         """Wait for a started collective, yielding as the blocking ones do."""
-        poll_until(request.Test, YIELD_S)
+        self._until(request.Test, YIELD_S)
 
     def allgather(self, values: np.ndarray) -> np.ndarray:
         """Every rank's `values` (the same length on each), as rows of a (size, len) array."""
         gathered = np.empty((self.size, values.size), dtype=values.dtype)
-        poll_until(self.comm.Iallgather(values, gathered).Test, YIELD_S)
+        self._until(self.comm.Iallgather(values, gathered).Test, YIELD_S)
         return gathered
 
     def allgatherv(self, data: np.ndarray, counts) -> np.ndarray:
@@ -42,12 +50,12 @@ class MPITransport:
         gathered = np.empty(int(sum(counts)), dtype=np.uint8)
         offsets = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(int)
         request = self.comm.Iallgatherv(data, [gathered, [int(c) for c in counts], offsets.tolist(), MPI.BYTE])
-        poll_until(request.Test, YIELD_S)
+        self._until(request.Test, YIELD_S)
         return gathered
 
     def bcast(self, buf: np.ndarray, root: int = 0) -> None:
         request = self.comm.Ibcast(buf, root=root)
-        poll_until(request.Test, YIELD_S)
+        self._until(request.Test, YIELD_S)
 
     def bcast_object(self, obj=None, root: int = 0):
         return self.comm.bcast(obj, root=root)
@@ -59,7 +67,7 @@ class MPITransport:
         return self.comm.gather(obj, root=root)
 
     def barrier(self) -> None:
-        poll_until(self.comm.Ibarrier().Test, YIELD_S)
+        self._until(self.comm.Ibarrier().Test, YIELD_S)
 
     # point to point
     def isend(self, buf: np.ndarray, dest: int, tag: int):
@@ -68,13 +76,13 @@ class MPITransport:
     def irecv(self, buf: np.ndarray, source: int, tag: int | None = None):
         return self.comm.Irecv(buf, source=source, tag=MPI.ANY_TAG if tag is None else tag)
 
-    def wait(self, request) -> int:
+    def wait(self, request, timeout: float | None = None) -> int:
         """Wait for one request; return the message tag (receives) or -1."""
         status = MPI.Status()
-        poll_until(lambda: request.Test(status))
+        self._until(lambda: request.Test(status), timeout=timeout)
         return status.Get_tag()
 
-    def waitany(self, requests: list) -> tuple[int, int]:
+    def waitany(self, requests: list, timeout: float | None = None) -> tuple[int, int]:
         """Wait for the first of several requests (None entries are skipped); return (index, tag)."""
         status = MPI.Status()
         handles = [MPI.REQUEST_NULL if r is None else r for r in requests]
@@ -83,7 +91,7 @@ class MPITransport:
             index, done = MPI.Request.Testany(handles, status)
             return done and index != MPI.UNDEFINED and (index,)
 
-        (index,) = poll_until(ready)
+        (index,) = self._until(ready, timeout=timeout)
         return index, status.Get_tag()
 
     def neighbour_exchange(self, send: np.ndarray, peers, out: list | None = None) -> list[np.ndarray]:
@@ -95,11 +103,17 @@ class MPITransport:
         requests = [self.comm.Irecv(buf, source=peer, tag=TAG_NEIGHBOUR) for buf, peer in zip(out, peers)]
         requests += [self.comm.Isend(send, dest=peer, tag=TAG_NEIGHBOUR) for peer in peers]
         if requests:
-            poll_until(lambda: MPI.Request.Testall(requests), YIELD_S)
+            self._until(lambda: MPI.Request.Testall(requests), YIELD_S)
         return out
 
     def abort(self, code: int) -> None:
         self.comm.Abort(code)
+
+    def sleep_until_aborted(self, timeout: float | None = None) -> None:
+        """Do nothing until another rank's abort ends this process, or for `timeout` seconds (None: for ever)."""
+        give_up = float("inf") if timeout is None else time.monotonic() + timeout
+        while time.monotonic() < give_up:
+            time.sleep(min(0.1, max(give_up - time.monotonic(), 0.0)))
 
     def describe(self) -> dict:
         """MPI library, rank count and host names, for the run manifest (collective)."""
@@ -110,6 +124,34 @@ class MPITransport:
             "ranks": self.size,
             "hosts": sorted(set(hosts)),
         }
+
+    # shared memory (hogwild): one array that every rank of a node maps
+    def same_node(self) -> bool:
+        """Whether every rank shares memory with every other (one node). Collective; each rank
+        learns it from the size of its own node's communicator, so all agree without a message."""
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        together = node.Get_size() == self.size
+        node.Free()
+        return together
+
+    @contextlib.contextmanager
+    def shared_array(self, size: int):
+        """Collective, for runs whose ranks share one node (same_node()): a float64 array of `size`
+        zeros in an MPI shared-memory window, the same memory on every rank. Rank 0 of the node
+        allocates it and zeroes it, the others map it (Shared_query). The window lives until the
+        with-block ends, then is freed collectively, so no view of it may outlive the block. Not
+        freed when the block raises: the run is being aborted, and a rank waiting in a collective
+        free would never reach the abort."""
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        window = MPI.Win.Allocate_shared(8 * size if node.Get_rank() == 0 else 0, 8, comm=node)
+        memory, _ = window.Shared_query(0)
+        array = np.ndarray(buffer=memory, dtype=np.float64, shape=(size,))
+        if node.Get_rank() == 0:
+            array[:] = 0.0
+        self.barrier()  # zeroed before anyone reads it
+        yield array
+        window.Free()
+        node.Free()
 
 
 THREAD_LEVELS = {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled", MPI.THREAD_SERIALIZED: "serialized",

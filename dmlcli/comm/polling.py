@@ -15,16 +15,21 @@ Two patterns, both measured on 2 cores (`make bench`, and the asgd runs in tests
 import os
 import time
 
+from dmlcli.comm import Stalled
+
 YIELD_S = 2e-3
 MAX_BACKOFF_S = 1e-4
 
 
-def poll_until(test, yield_s: float = 0.0):
-    """Call test() until it returns a truthy value; yield the core for up to yield_s, then sleep."""
+def poll_until(test, yield_s: float = 0.0, timeout: float | None = None):
+    """Call test() until it returns a truthy value; yield the core for up to yield_s, then sleep.
+    Raise Stalled once `timeout` seconds (None: never) have passed without it."""
     result = test()
     if result:
         return result
-    yield_until = time.perf_counter() + yield_s
+    started = time.perf_counter()
+    give_up = float("inf") if timeout is None else started + timeout
+    yield_until = started + yield_s
     while time.perf_counter() < yield_until:
         os.sched_yield()
         result = test()
@@ -36,4 +41,6 @@ def poll_until(test, yield_s: float = 0.0):
         result = test()
         if result:
             return result
+        if time.perf_counter() >= give_up:
+            raise Stalled(timeout)
         delay = min(2 * delay, MAX_BACKOFF_S)

@@ -431,8 +431,13 @@ def option_text(name: str, value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list):
-        return "@".join(str(v) for v in value) if name == "crash" else _key(value)
+        return crash_text(value) if name == "crash" else _key(value)
     return str(value)
+
+
+def crash_text(value) -> str:
+    """--crash as it was given: [2, 50] is 2@50, [2, 50, "hang"] is 2@50:hang."""
+    return "@".join(str(v) for v in value[:2]) + "".join(f":{kind}" for kind in value[2:])
 
 
 def _status_text(runs: list[Run]) -> str:

@@ -33,6 +33,27 @@ class CsvLog:
         self._writer.writerow(self.columns)
         self._file.flush()
 
+    @classmethod
+    def reopen(cls, path, run_id: str, algorithm: str, extra_columns=(), after_round: int = 0) -> CsvLog:
+        """The log of a resumed run: its rows up to round `after_round` kept, the later ones (written
+        after the checkpoint, before the stop) dropped, and new rows appended."""
+        log = cls.__new__(cls)
+        log.path, log.columns = path, (*BASE_COLUMNS, *extra_columns)
+        log._fixed = {"run_id": run_id, "algorithm": algorithm}
+        with open(path, newline="") as handle:
+            lines = list(csv.reader(handle))
+        if not lines or tuple(lines[0]) != log.columns:
+            raise ValueError(f"{path}: its columns are not this run's; it cannot be resumed into")
+        at = log.columns.index("round")
+        kept = [lines[0], *(line for line in lines[1:] if int(line[at]) <= after_round)]
+        temporary = f"{path}.resume"
+        with open(temporary, "w", newline="") as handle:
+            csv.writer(handle).writerows(kept)
+        os.replace(temporary, path)
+        log._file = open(path, "a", newline="")  # noqa: SIM115 - open for the run
+        log._writer = csv.writer(log._file)
+        return log
+
     def write(self, row: dict) -> None:
         unknown = set(row) - set(self.columns)
         if unknown:

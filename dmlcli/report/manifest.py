@@ -24,11 +24,18 @@ def _plain(value):
     raise TypeError(f"cannot write {type(value).__name__} to the manifest")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_manifest(path, manifest: dict) -> None:
     """Write atomically: a reader sees the old manifest or the new one, never half of one."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".json")
+    os.fchmod(handle, 0o644 & ~_umask())  # mkstemp's 0600 would hide it from colleagues sharing the directory
     with os.fdopen(handle, "w") as out:
         json.dump(manifest, out, indent=2, sort_keys=True, default=_plain)
         out.write("\n")

@@ -55,22 +55,27 @@ class StepSize(click.ParamType):
 
 
 class CrashSpec(click.ParamType):
-    """RANK@STEP: make that rank raise at that step (tests that a failure ends the run). Steps count
-    from 1 on every rank; whether the rank exists is checked once the rank count is known."""
+    """RANK@STEP: make that rank raise at that step (tests that a failure ends the run), or
+    RANK@STEP:hang, make it stop answering there (tests --stall-timeout). Steps count from 1 on
+    every rank; whether the rank exists is checked once the rank count is known. The value is
+    (rank, step), or (rank, step, "hang")."""
 
-    name = "RANK@STEP"
+    name = "RANK@STEP[:hang]"
     toml_form = TomlForm(frozenset({"string"}), (), 'a "RANK@STEP" string')
 
     def convert(self, value, param, ctx):
         if value is None or isinstance(value, tuple):
             return value
+        where, hang, kind = str(value).partition(":")
+        if hang and kind != "hang":
+            self.fail(f"{value!r}: the only kind after ':' is hang, e.g. 2@10:hang", param, ctx)
         try:
-            rank, step = (int(part) for part in str(value).split("@"))
+            rank, step = (int(part) for part in where.split("@"))
         except ValueError:
             self.fail(f"{value!r} is not RANK@STEP, e.g. 2@10", param, ctx)
         if rank < 0 or step < 1:
             self.fail(f"{value!r}: RANK must be 0 or more and STEP 1 or more", param, ctx)
-        return rank, step
+        return (rank, step, "hang") if hang else (rank, step)
 
 
 POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
@@ -106,7 +111,19 @@ SHARED_OPTIONS: tuple[Param, ...] = (
     Param("blas_threads", click.IntRange(min=1), 1, "BLAS threads per rank"),
     Param("max_model_mb", POSITIVE_FLOAT, 256,
           "refuse models larger than this many MB per copy (the model and its working copies are held on every rank)"),
-    Param("crash", CrashSpec(), None, "fault injection: rank RANK raises at step STEP"),
+    Param("crash", CrashSpec(), None, "fault injection: rank RANK raises at step STEP (with :hang, stops answering)"),
+    Param("on_failure", click.Choice(["abort", "continue"]), "abort",
+          "when a worker fails: abort (end every rank, exit 1) or continue without it, where the algorithm "
+          "can (asgd, ssp, aeasgd, async-admm, ssgd --backup, dpsgd); the others end as abort does"),
+    Param("checkpoint_every", click.IntRange(min=1), None,
+          "write a checkpoint beside the CSV every N rounds and at the end (asynchronous runs: at the end); "
+          "a run stopped by a signal writes one in any case (--resume continues it)"),
+    Param("resume", str, None,
+          "continue the run of this CSV or manifest from its checkpoint, into the same CSV, with the options "
+          "it was started with; only --rounds and --time-limit may change"),
+    Param("stall_timeout", POSITIVE_FLOAT, None,
+          "end the run (exit 1, naming the silent ranks) when no message arrives for this many seconds "
+          "(default: wait for ever); make it longer than the slowest step or evaluation"),
     Param("delay", DelaySpec(), None,
           "slow workers, real sleeps: const:F1,…,FK (worker k's steps take F_k times as long), exp:MEAN "
           "(an exponential wait of MEAN s per step), lognormal:MU,SIGMA (a wait of exp(N(MU,SIGMA²)) s per step), "
@@ -149,7 +166,11 @@ class RunConfig:
     progress: str
     blas_threads: int
     max_model_mb: float
-    crash: tuple[int, int] | None
+    crash: tuple | None  # (rank, step) or (rank, step, "hang")
+    on_failure: str  # "abort" or "continue"
+    checkpoint_every: int | None
+    resume: str | None  # the manifest of the run to continue (the CLI resolves a CSV to it)
+    stall_timeout: float | None
     delay: str | None  # the canonical --delay spec (runtime.heterogeneity parses it)
     network: str | None  # the canonical --network spec: a preset name or LATENCY_MS,MBPS
     dropout: float

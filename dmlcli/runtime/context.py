@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dmlcli.runtime import checkpoint
 from dmlcli.runtime.evaluate import Counters, Evaluator, csv_row
 
 
@@ -58,6 +59,9 @@ class RunContext:
     heterogeneity: object = None  # the run's Heterogeneity (runtime.heterogeneity), None without --delay/--network/--dropout
     delays: object = None  # this worker's WorkerDelays (None on rank 0 and without heterogeneity)
     worker_steps: list | None = None  # rank 0, filled by the loop: each worker's rounds taken part (sync) or payloads (async)
+    failure: str | None = None  # a worker that failed and left the run alive (parameter server): what happened
+    resumed: dict | None = None  # --resume: this rank's part of the checkpoint, with the "round" it was taken at
+    checkpointed: int | None = None  # the round of the last checkpoint written
 
     @property
     def shard(self):
@@ -94,11 +98,30 @@ class RunContext:
             self.recorder.tick(counters)
         return self.end_status() if stop else None
 
+    def checkpoint_due(self, round_: int, ended: str | None, possible: bool = True) -> bool:
+        """Collective, at the end of a round: write a checkpoint now? Every --checkpoint-every rounds
+        and at the end, and at a stop by a signal in any case (rank 0 alone knows; one broadcast
+        at the end tells the others). Never for a diverged run, nor where `possible` is False."""
+        if not possible or ended == "diverged":
+            return False
+        every = self.config.checkpoint_every
+        if ended is None:
+            return bool(every) and round_ % every == 0
+        return bool(self.transport.bcast_object(self.stop.requested)) or bool(every)
+
+    def write_checkpoint(self, round_: int, part: dict) -> None:
+        """Collective: this rank's part to rank 0, which writes the checkpoint beside the CSV."""
+        checkpoint.save(self.transport, self.plan.csv_path, round_, part)
+        self.checkpointed = round_
+
     def check_crash(self, step: int) -> None:
         """Called at each round (each step on a worker of the parameter server): also the step a
-        failure report names."""
+        failure report names. --crash R@S:hang makes the rank stop answering instead of raising."""
         self.step = step
-        if self.config.crash == (self.rank, step):
+        crash = self.config.crash
+        if crash and crash[:2] == (self.rank, step):
+            if crash[2:] == ("hang",):
+                self.transport.sleep_until_aborted()
             raise InjectedCrash(f"injected crash at step {step} (--crash {self.rank}@{step})")
 
 
@@ -125,14 +148,28 @@ class Recorder:
 
 
 class Stopwatch:
-    """Training time with evaluation time taken out."""
+    """Training time with evaluation time (and checkpoint writing) taken out."""
 
     def __init__(self):
         self.start = time.perf_counter()
         self.eval_s = 0.0
+        self.other_s = 0.0  # neither training nor evaluation: writing checkpoints
 
     def training(self) -> float:
-        return time.perf_counter() - self.start - self.eval_s
+        return time.perf_counter() - self.start - self.eval_s - self.other_s
+
+    def resume(self, training_s: float, eval_s: float) -> None:
+        """Go on counting from a checkpoint's times."""
+        self.start = time.perf_counter() - training_s - eval_s
+        self.eval_s, self.other_s = eval_s, 0.0
+
+    @contextlib.contextmanager
+    def aside(self):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.other_s += time.perf_counter() - started
 
     @contextlib.contextmanager
     def evaluating(self):

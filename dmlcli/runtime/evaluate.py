@@ -120,6 +120,29 @@ def evaluation_blocks(count: int, d: int, rows: int) -> Iterator[tuple[int, int]
         yield start, min(count, start + per_block)
 
 
+def evaluate_kept(ctx, kept: KeptModels | None, status: str) -> tuple[np.ndarray, str]:
+    """Collective, after a run that kept its models to evaluate later (rank 0's `kept`, None on the
+    other ranks): evaluate them block by block, rank 0 writing each block's CSV rows as they come,
+    then close `kept`. Returns the last model and `status`, or "diverged" if that model's objective
+    is not finite (unless the run "failed": that is the stronger reason)."""
+    count = ctx.transport.bcast_object(len(kept) if kept is not None else None)
+    d = ctx.problem.d
+    try:
+        for start, stop in evaluation_blocks(count, d, ctx.plan.n_train + ctx.plan.n_test):
+            models = kept.models(start, stop) if kept is not None else np.empty((stop - start, d))
+            ctx.transport.bcast(models)
+            results = ctx.evaluator.evaluate(models)
+            if kept is not None:
+                for counters, metrics in zip(kept.counters[start:stop], results):
+                    ctx.recorder.write(counters, metrics)
+    finally:
+        if kept is not None:
+            kept.close()
+    if not is_finite(results[-1]) and status != "failed":
+        status = "diverged"
+    return models[-1], status
+
+
 def csv_row(counters: Counters, metrics: dict, n_train: int) -> dict:
     return {
         "round": counters.round, "updates": counters.updates, "epochs": counters.samples / n_train,

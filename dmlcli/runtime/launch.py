@@ -60,6 +60,15 @@ def under_launcher() -> bool:
     return any(name in os.environ for name in LAUNCHER_VARIABLES)
 
 
+def refuse_srun_without_pmi() -> None:
+    """srun started several tasks but gave them no PMI (a site default of --mpi=none): each would think
+    itself alone and start an mpiexec of its own, which inside a job waits on srun for busy nodes."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "")  # set by srun for its tasks, not by sbatch
+    if tasks.isdigit() and int(tasks) > 1:
+        raise UsageError(f"srun started {tasks} tasks without PMI, so each would run alone; use "
+                         "srun --mpi=pmi2 (or pmix; see srun --mpi=list), or mpirun inside the job")
+
+
 def launcher_rank() -> int | None:
     """This process's rank as the MPI launcher set it in the environment, before MPI starts; None alone."""
     for name in RANK_VARIABLES:

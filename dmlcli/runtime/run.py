@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -10,16 +11,19 @@ import sys
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dmlcli.algorithms import AsyncAlgorithm, GossipAlgorithm, SyncAlgorithm
+from dmlcli.algorithms import AsyncAlgorithm, GossipAlgorithm, SharedAlgorithm, SyncAlgorithm
+from dmlcli.comm import Stalled
 from dmlcli.errors import UsageError
 from dmlcli.report import CsvLog, git_revision, make_progress, print_summary, software_versions, utc_now, write_manifest
-from dmlcli.runtime import setup
+from dmlcli.runtime import checkpoint, setup
 from dmlcli.runtime.context import Recorder, RunContext, StopRequest
 from dmlcli.runtime.evaluate import Evaluator
 from dmlcli.runtime.gossip import check_gossip_run, run_gossip
 from dmlcli.runtime.heterogeneity import NO_HETEROGENEITY, Heterogeneity
 from dmlcli.runtime.launch import tell_launcher
 from dmlcli.runtime.parameter_server import check_server_run, run_async
+from dmlcli.runtime.shared_memory import check_shared_run, run_shared
+from dmlcli.runtime.stall import end_stalled
 from dmlcli.runtime.sync import run_sync
 
 
@@ -28,12 +32,13 @@ class CollectiveUsageError(UsageError):
 
 
 # The loop is chosen by what the factory built: ssgd --backup is sync but served.
-LOOPS = {SyncAlgorithm: run_sync, AsyncAlgorithm: run_async, GossipAlgorithm: run_gossip}
+LOOPS = {SyncAlgorithm: run_sync, AsyncAlgorithm: run_async, GossipAlgorithm: run_gossip, SharedAlgorithm: run_shared}
 # CSV columns the family's loop adds. active_workers: sync, the workers that took part in the last round;
 # async (and ssgd --backup), the workers whose payloads reached the server since the previous evaluation point.
 FAMILY_COLUMNS = {"sync": ("active_workers", "active_clients", "compression_ratio"), "async": ("active_workers",),
-                  "gossip": ()}  # gossip: every worker takes part in every round
-EXIT_CODES = {"completed": 0, "diverged": 3}  # interrupted: 128 + the signal, as a shell reports it
+                  "gossip": (),  # gossip: every worker takes part in every round
+                  "shared": ("active_workers",)}  # shared: the workers that stepped since the previous evaluation point
+EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3}  # interrupted: 128 + the signal, as a shell reports it
 
 
 def run_rank(config, transport, summary_stream=None, stop=None) -> int:
@@ -48,25 +53,30 @@ def run_rank(config, transport, summary_stream=None, stop=None) -> int:
     # Overflow on the way to divergence is expected: it is caught, as a non-finite objective, at evaluation.
     with threadpool_limits(limits=config.blas_threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         ctx, manifest = _start(config, transport, stop or StopRequest())
-        loop = LOOPS[type(ctx.algorithm)]
-        if ctx.recorder:
-            try:
-                with ctx.recorder.progress:
-                    model, status = loop(ctx, ctx.algorithm)
-            except BaseException as error:
+        transport.stall_timeout = config.stall_timeout  # start-up's waits are rank 0 reading data: not a stall
+        try:
+            with ctx.recorder.progress if ctx.recorder else contextlib.nullcontext():
+                model, status = _train(ctx)
+        except BaseException as error:
+            if ctx.recorder:
                 _record_failure(ctx, manifest, error)
-                raise
-        else:
-            try:
-                model, status = loop(ctx, ctx.algorithm)
-            except Exception as error:
+            elif isinstance(error, Exception):
                 _record_failure_of_worker(ctx, error)
-                raise
-    # What each worker computed and slept, for the manifest (one gather, only with heterogeneity).
-    slept = transport.gather_object(ctx.delays and ctx.delays.totals()) if ctx.heterogeneity else None
+            raise
+    # What each worker computed and slept, and how it failed if it left the run: one gather.
+    reports = transport.gather_object((ctx.delays and ctx.delays.totals(), ctx.failure))
     if transport.rank == 0:
-        _finish(ctx, manifest, model, status, summary_stream, slept)
+        _finish(ctx, manifest, model, status, summary_stream, reports)
     return 128 + ctx.stop.signum if status == "interrupted" else EXIT_CODES[status]
+
+
+def _train(ctx):
+    """The family's loop; a wait that gave up (--stall-timeout) becomes RunStalled naming the silent ranks."""
+    try:
+        return LOOPS[type(ctx.algorithm)](ctx, ctx.algorithm)
+    except Stalled:
+        end_stalled(ctx)
+        raise  # end_stalled always raises; this keeps the traceback's origin
 
 
 def _start(config, transport, stop):
@@ -74,26 +84,46 @@ def _start(config, transport, stop):
     if rank == 0:
         try:
             plan, rows = setup.plan_run(config, workers)
+            resumed = _checkpoint_to_resume(config, plan, transport.size)
             plan = setup.reserve_outputs(config, plan)
             verdict = (None, plan)
         except UsageError as error:
-            verdict, rows = (str(error), None), None
+            verdict, rows, resumed = (str(error), None), None, None
     else:
-        verdict, rows = None, None
+        verdict, rows, resumed = None, None, None
     error, plan = transport.bcast_object(verdict)
     if error is not None:
         raise CollectiveUsageError(error)
     try:
-        return _prepare(config, transport, stop, plan, rows)
+        return _prepare(config, transport, stop, plan, rows, resumed)
     except CollectiveUsageError:
         if rank == 0:
             setup.release_outputs(plan)
         raise
 
 
-def _prepare(config, transport, stop, plan, rows):
+def _checkpoint_to_resume(config, plan, ranks: int) -> dict | None:
+    """Rank 0: the checkpoint --resume continues from (None without --resume), checked against the run."""
+    spec = setup.REGISTRY[config.algorithm]
+    if config.checkpoint_every and spec.family in ("gossip", "shared"):
+        raise UsageError(f"{config.algorithm}: checkpoints are for the synchronous and parameter-server "
+                         "algorithms so far; --checkpoint-every is not defined for it")
+    if config.resume is None:
+        return None
+    saved = checkpoint.read(plan.csv_path, ranks)
+    checkpoint.check_csv(plan.csv_path, _columns(spec))
+    if config.rounds <= saved["round"]:
+        raise UsageError(f"--resume: the checkpoint is at round {saved['round']}; give --rounds above it to go on "
+                         f"(now {config.rounds})")
+    return saved
+
+
+def _prepare(config, transport, stop, plan, rows, resumed):
     """Everything after the plan: this rank's data, the shared preprocessing and step, rank 0's outputs."""
     rank, workers = transport.rank, transport.size - 1
+    if config.resume is not None:  # this rank's part of the checkpoint, with the round it was taken at
+        part = transport.scatter_object(resumed["parts"] if rank == 0 else None)
+        resumed = dict(part, round=transport.bcast_object(resumed and resumed["round"]))
     my_rows = transport.scatter_object([None, *rows] if rank == 0 else None)
     if my_rows is not None:
         source, X, X_test = setup.load_rows(config, plan, my_rows)
@@ -108,9 +138,14 @@ def _prepare(config, transport, stop, plan, rows):
         lr = config.lr or setup.auto_step(transport, [s.X for s in shards], problem, spec.family, workers)
         algorithm = setup.algorithm_for(config, problem, len(plan.client_sizes), lr)
         if isinstance(algorithm, AsyncAlgorithm):
-            check_server_run(config, len(plan.client_sizes), workers)
+            check_server_run(config, algorithm, spec.family, len(plan.client_sizes), workers)
         if isinstance(algorithm, GossipAlgorithm):
             check_gossip_run(config, algorithm, workers)
+        if isinstance(algorithm, SharedAlgorithm):
+            check_shared_run(config, transport)
+        if config.checkpoint_every and getattr(algorithm, "overlap", False):
+            raise UsageError(f"{config.algorithm} --overlap has a reduction in flight at the end of every round: "
+                             "it cannot be checkpointed (--checkpoint-every)")
     except UsageError as error:
         raise CollectiveUsageError(str(error)) from None
     mpi = transport.describe()
@@ -118,7 +153,9 @@ def _prepare(config, transport, stop, plan, rows):
     delays = het.worker(rank) if het and rank else None
 
     recorder = manifest = None
-    if rank == 0:
+    if rank == 0 and resumed is not None:
+        manifest, log = _resume_outputs(config, plan, spec, resumed["round"])
+    elif rank == 0:
         manifest = {
             "run_id": plan.run_id, "algorithm": config.algorithm, "status": "running", "reason": None,
             "config": dataclasses.asdict(config), "seed": config.seed, "csv": plan.csv_path, "lr": lr,
@@ -129,16 +166,33 @@ def _prepare(config, transport, stop, plan, rows):
             "git_revision": git_revision(os.getcwd()), "started": utc_now(), "ended": None,
         }
         write_manifest(plan.manifest_path, manifest)
-        tell_launcher("manifest", plan.manifest_path)
         # reserve_outputs created the CSV for this run alone: writing into it replaces nothing.
-        columns = (*FAMILY_COLUMNS[spec.family], *spec.extra_columns)
-        log = CsvLog(plan.csv_path, plan.run_id, config.algorithm, columns, overwrite=True)
+        log = CsvLog(plan.csv_path, plan.run_id, config.algorithm, _columns(spec), overwrite=True)
+    if rank == 0:
+        tell_launcher("manifest", plan.manifest_path)
         progress = make_progress(config.progress, config.rounds, config.time_limit, f"{config.algorithm} ×{workers}")
         recorder = Recorder(log, progress, plan.n_train)
     evaluator = Evaluator(transport, problem, plan.n_test, shards, test)
     context = RunContext(transport, config, plan, problem, shards, evaluator, recorder, algorithm, stop,
-                         heterogeneity=het, delays=delays)
+                         heterogeneity=het, delays=delays, resumed=resumed)
     return context, manifest
+
+
+def _columns(spec) -> tuple[str, ...]:
+    return (*FAMILY_COLUMNS[spec.family], *spec.extra_columns)
+
+
+def _resume_outputs(config, plan, spec, round_: int):
+    """Rank 0 resuming: the run's manifest, running again with the new budget, and its CSV without
+    the rows after the checkpoint's round (written before the stop, to be written again)."""
+    with open(plan.manifest_path) as handle:
+        manifest = json.load(handle)
+    manifest["config"] = dict(manifest["config"], rounds=config.rounds, time_limit=config.time_limit)
+    manifest.setdefault("resumed", []).append({"round": round_, "at": utc_now()})
+    manifest.update(status="running", reason=None, ended=None)
+    write_manifest(plan.manifest_path, manifest)
+    log = CsvLog.reopen(plan.csv_path, plan.run_id, config.algorithm, _columns(spec), after_round=round_)
+    return manifest, log
 
 
 def _record_failure(ctx, manifest, error: BaseException) -> None:
@@ -179,17 +233,22 @@ def _manifest_status(path) -> str | None:
         return None
 
 
-def _finish(ctx, manifest, model, status, summary_stream, slept=None) -> None:
+def _finish(ctx, manifest, model, status, summary_stream, reports) -> None:
     config, plan, recorder = ctx.config, ctx.plan, ctx.recorder
     recorder.log.close()
     manifest["heterogeneity"]["worker_steps"] = ctx.worker_steps
-    if slept is not None:
-        manifest["heterogeneity"]["workers"] = slept[1:]  # rank 0 computes no steps
+    if ctx.heterogeneity:
+        manifest["heterogeneity"]["workers"] = [slept for slept, _ in reports[1:]]  # rank 0 computes no steps
+    failures = [failure for _, failure in reports[1:] if failure]  # the workers' own reports, in rank order
+    manifest["failures"] = failures
+    failure = ctx.failure or (failures[0] if failures else None)  # why the run ended failed
     if config.save_model:
         os.makedirs(os.path.dirname(os.path.abspath(config.save_model)), exist_ok=True)  # checked at start-up
         np.save(config.save_model, model)
-    reasons = {"diverged": "objective became non-finite",
+    reasons = {"diverged": "objective became non-finite", "failed": failure,
                "interrupted": f"stopped by signal {ctx.stop.signum} (the last row is the model at the stop)"}
+    if ctx.checkpointed is not None:
+        manifest["checkpoint"] = {"path": checkpoint.path_of(plan.csv_path), "round": ctx.checkpointed}
     manifest.update(status=status, ended=utc_now(), final=recorder.last_row, reason=reasons.get(status))
     write_manifest(plan.manifest_path, manifest)
     row = dict(recorder.last_row or {}, algorithm=config.algorithm, status=status, csv=plan.csv_path)

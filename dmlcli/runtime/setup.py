@@ -68,6 +68,8 @@ def output_paths(config: RunConfig) -> tuple[str, str, str]:
     """(run_id, CSV path, manifest path) as named by --out, checked but not created. For a
     directory --out the run_id is only a first choice: reserve_outputs picks a free one."""
     out = config.out
+    if config.resume is not None:  # the run's own outputs, which exist (runtime.checkpoint.resumed_config)
+        return os.path.basename(out)[: -len(".csv")], out, config.resume
     numbered = names_a_directory(out)
     if numbered:
         run_id = f"{config.algorithm}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-s{config.seed}"
@@ -119,6 +121,8 @@ def reserve_outputs(config: RunConfig, plan: Plan) -> Plan:
     """Create the run's CSV file exclusively, so that runs started together never share a name:
     a directory --out gets `<run_id>.csv` with the first free suffix (-2, -3, …); a named file
     that another run created since the check is refused. Returns the plan with the names taken."""
+    if config.resume is not None:
+        return plan  # a resumed run goes on in its own files
     os.makedirs(os.path.dirname(os.path.abspath(plan.csv_path)), exist_ok=True)
     if not plan.numbered:
         mode = os.O_CREAT | os.O_WRONLY | (os.O_TRUNC if config.force else os.O_EXCL)
@@ -176,8 +180,12 @@ def check_clients(config: RunConfig, workers: int) -> int:
     clients = config.clients or workers
     if clients < workers:
         raise UsageError(f"--clients {clients} is fewer than the {workers} workers; every worker needs a client")
-    if spec.family != "sync" and (clients != workers or config.client_fraction < 1.0):
-        raise UsageError(f"{config.algorithm}: --clients and --client-fraction are for synchronous algorithms so far")
+    if spec.family not in ("sync", "async") and clients != workers:
+        raise UsageError(f"{config.algorithm}: --clients is for the synchronous and parameter-server algorithms "
+                         f"(each client a logical worker); a {spec.family} run has one client per worker")
+    if spec.family != "sync" and config.client_fraction < 1.0:
+        raise UsageError(f"{config.algorithm}: --client-fraction is for synchronous algorithms; "
+                         "the parameter server serves every client in turn")
     if config.client_fraction < 1.0 and not spec.client_sampling:
         raise UsageError(f"{config.algorithm} keeps every client's state in step each round; "
                          "--client-fraction below 1 is not defined for it")
@@ -195,17 +203,21 @@ def client_owners(clients: int, workers: int) -> np.ndarray:
 
 
 def check_heterogeneity(config: RunConfig, workers: int) -> None:
-    """--delay against the worker count, and --dropout for the algorithms that cannot leave a client out."""
+    """--delay against the worker count, --dropout for the algorithms that cannot leave a client out,
+    and --network for those that send no messages."""
     heterogeneity.check(config.delay, workers)
     spec = REGISTRY[config.algorithm]
     if config.dropout and spec.family == "sync" and not spec.client_sampling:
         raise UsageError(f"{config.algorithm} keeps every client's state in step each round; "
                          "--dropout (workers sitting rounds out) is not defined for it")
+    if config.network and spec.family == "shared":
+        raise UsageError(f"{config.algorithm}: --network is not defined for it; its workers share one model "
+                         "in memory and send no messages")
 
 
 def check_crash_rank(config: RunConfig, workers: int) -> None:
     if config.crash and config.crash[0] > workers:
-        rank, step = config.crash
+        rank, step = config.crash[:2]
         raise UsageError(f"--crash {rank}@{step}: there is no rank {rank}; this run has ranks 0-{workers}")
 
 
@@ -434,12 +446,14 @@ def smoothness(transport, blocks, problem: Problem, max_iterations: int = 200, r
 def auto_step(transport, blocks, problem: Problem, family: str, workers: int) -> float:
     """--lr auto: 1/L for synchronous algorithms. Asynchronous ones apply gradients about K − 1
     updates old, and gradient steps with delay τ are stable only for η ≲ 1/(L(1+τ)) (Agarwal &
-    Duchi 2011), so they get 1/(L·K). Collective; an L that gives no usable step is bad input."""
+    Duchi 2011), so they get 1/(L·K); so do shared-memory ones (hogwild), whose K workers each
+    write a step computed from a w that the others have changed about K − 1 times since it was
+    read. Collective; an L that gives no usable step is bad input."""
     smooth = smoothness(transport, blocks, problem)
     if smooth == 0.0:
         raise UsageError("--lr auto: the objective is flat (every feature is zero and the regulariser has no "
                          "l2 part), so there is nothing to learn and no step size to choose")
-    delay_factor = workers if family == "async" else 1
+    delay_factor = workers if family in ("async", "shared") else 1
     step = 1.0 / (smooth * delay_factor)
     if not np.isfinite(smooth) or step < np.finfo(float).tiny:
         raise UsageError(f"--lr auto: the features are so large that the smoothness constant L is {smooth:.3g} and "

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from dmlcli.algorithms import REGISTRY
-from dmlcli.runtime import setup
+from dmlcli.runtime import checkpoint, setup
 from dmlcli.runtime.context import Stopwatch
 from dmlcli.runtime.evaluate import Counters, is_finite
 
@@ -214,12 +214,36 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
             ctx.worker_steps = (worker_steps if worker_steps is not None else np.full(ctx.workers, counters.round)).tolist()
         return model(), status
 
-    if not evaluate():
-        return finish("diverged")
-    if everyone:  # blank at round 0: no worker has taken part in anything yet
-        counters.extras["active_workers"] = ctx.workers
+    def snapshot() -> dict:
+        """This rank's part of a checkpoint at the end of the round."""
+        return {"states": checkpoint.without_functions(states), "counters": counters,
+                "samplers": {shard.client: checkpoint.sampler_state(shard) for shard in ctx.shards},
+                "carried": carried, "uncompressed": uncompressed, "worker_steps": worker_steps,
+                "training_s": watch.training(), "eval_s": watch.eval_s, "delays": me}
+
+    def restore(part: dict) -> int:
+        """Go on from a checkpoint: the states, samplers, counters and clocks it saved; its round."""
+        nonlocal carried, uncompressed, worker_steps
+        states.update(part["states"])
+        for shard in ctx.shards:
+            checkpoint.restore_sampler(shard, part["samplers"][shard.client])
+        vars(counters).update(vars(part["counters"]))
+        carried, uncompressed, worker_steps = part["carried"], part["uncompressed"], part["worker_steps"]
+        if me is not None:
+            vars(me).update(vars(part["delays"]))
+        watch.resume(part["training_s"], part["eval_s"])
+        return part["round"]
+
+    if ctx.resumed:
+        first_round = restore(ctx.resumed) + 1
+    else:
+        if not evaluate():
+            return finish("diverged")
+        if everyone:  # blank at round 0: no worker has taken part in anything yet
+            counters.extras["active_workers"] = ctx.workers
+        first_round = 1
     pending = False  # overlap: the previous round's reduction is still to be combined
-    for round_ in range(1, config.rounds + 1):
+    for round_ in range(first_round, config.rounds + 1):
         ctx.check_crash(round_)
         if not everyone:
             active = sampler.active(round_)
@@ -257,6 +281,9 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
         counters.extras["compression_ratio"] = uncompressed / carried if carried else 1.0
         stop = stop or round_ == config.rounds
         ended = ctx.close_round(counters, stop, evaluate)
+        if ctx.checkpoint_due(round_, ended, not algorithm.overlap):
+            with watch.aside():
+                ctx.write_checkpoint(round_, snapshot())
         if ended:
             return finish(ended)
     return finish(ctx.end_status())
