@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench hostile seed004 bytes-to-gap straggler soak lint clean
+.PHONY: install demo test bench hostile seed004 bytes-to-gap straggler soak sweep-3x5 lint clean
 
 install: $(STAMP)
 
@@ -52,6 +52,17 @@ straggler: install
 # end with the exit code its case predicts, nothing may hang (the suite runs 4 of them); writes runs/soak.md.
 soak: install
 	$(BIN)/python recipes/soak.py --cases 200 --out runs/soak.md
+
+# ssgd, ma and asgd over seeds 0-4 (recipes/sweep3x5/), each sweep inside one mpiexec -n 5, then the compare table
+# (runs/sweep3x5.md, F* the reference solver's) and the plot docs/sweep-3x5.png of the gap against wall time.
+sweep-3x5: install
+	for algorithm in ssgd ma asgd; do \
+	  $(BIN)/mpiexec -n 5 $(BIN)/dmlcli sweep recipes/sweep3x5/$$algorithm.toml --out runs/sweep3x5/ || exit 1; done
+	F=$$($(BIN)/python -c "import sys; sys.path.insert(0, 'recipes'); from experiment import optimum; \
+	  print(repr(optimum(lam=0.01, test_fraction=0.0)))") && \
+	$(BIN)/dmlcli compare runs/sweep3x5/ --reference $$F --target-gap 1e-2 --format markdown | tee runs/sweep3x5.md && \
+	$(BIN)/dmlcli plot runs/sweep3x5/ --x wall_s --y gap --reference $$F -o docs/sweep-3x5.png \
+	  --title "ssgd, ma (M = 5), asgd: breast_cancer, 4 workers, seeds 0-4"
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff

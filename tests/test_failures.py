@@ -109,7 +109,8 @@ def test_a_synchronous_algorithm_ends_at_a_failure_whatever_the_policy(config):
         run_local(config("ma", crash=(2, 5), on_failure="continue"), workers=3)
 
 
-@pytest.mark.parametrize("algorithm,silent", [("ssgd", 2), ("dpsgd", 2), ("asgd", 2), ("ssp", 1), ("ma", 0), ("asgd", 0)])
+@pytest.mark.parametrize("algorithm,silent", [("ssgd", 2), ("dpsgd", 2), ("asgd", 2), ("ssp", 1), ("ma", 0), ("asgd", 0),
+                                             ("hogwild", 2)])
 def test_a_silent_rank_ends_the_run_naming_it(config, algorithm, silent):
     run = config(algorithm, rounds=2000, crash=(silent, 5, "hang"), stall_timeout=0.5)
     started = time.monotonic()
@@ -122,6 +123,13 @@ def test_a_silent_rank_ends_the_run_naming_it(config, algorithm, silent):
         assert str(stalled.value).endswith(f": rank {silent} silent")
     manifest = manifest_of(run)
     assert manifest["status"] == "failed" and "RunStalled" in manifest["reason"] and "silent" in manifest["reason"]
+
+
+def test_a_hogwild_worker_whose_count_stands_still_is_silent(config):
+    """Nothing travels in shared memory: rank 0 watches each worker's own step count."""
+    run = config("hogwild", rounds=10**9, crash=(1, 3, "hang"), stall_timeout=0.5)
+    with pytest.raises(RunStalled, match=r"no step for 0.5 s \(--stall-timeout\) after \d+ updates: rank 1 silent"):
+        run_local(run, workers=1, timeout=30)
 
 
 def test_a_slow_rank_within_the_timeout_is_not_a_stall(config):

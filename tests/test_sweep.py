@@ -1,10 +1,11 @@
-"""`dmlcli sweep RECIPE`: the cartesian product of a recipe's lists, each point a real self-launched run, resumable."""
+"""`dmlcli sweep RECIPE`: the cartesian product of a recipe's lists, each point a real self-launched run (or,
+under mpiexec, a run on the allocation's ranks), resumable."""
 
 import json
 
 import pytest
 
-from conftest import dmlcli_alone
+from conftest import dmlcli_alone, dmlcli_mpi
 from dmlcli.cli import main
 
 RECIPE = """algorithm = "ssgd"
@@ -65,6 +66,23 @@ def test_a_sweep_runs_every_point_once_and_continues_where_it_stopped(recipe, tm
     assert f"[3/4] {NAMES[2]}: running" in resumed.stdout and resumed.stdout.count("completed, skipped") == 3
     assert json.loads((out / f"{NAMES[2]}.json").read_text())["status"] == "completed"
     assert [name for name in NAMES if (out / f"{name}.csv").stat().st_mtime_ns != before[name]] == [NAMES[2]]
+
+
+def test_under_mpiexec_the_runs_go_one_after_another_on_the_allocation_s_ranks(recipe, tmp_path):
+    """One mpiexec (a batch job's allocation): every point runs on its 3 ranks, and a second sweep
+    skips them all; a --workers that disagrees with the ranks is refused."""
+    out = tmp_path / "out"
+    done = dmlcli_mpi(3, "sweep", str(recipe), "--out", f"{out}/", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stdout.splitlines() if line.startswith("[")] == [
+        f"[{index}/4] {name}: running" for index, name in enumerate(NAMES, 1)]
+    for name in NAMES:
+        manifest = json.loads((out / f"{name}.json").read_text())
+        assert manifest["status"] == "completed" and manifest["mpi"]["ranks"] == 3 and manifest["workers"] == 2
+    again = dmlcli_mpi(3, "sweep", str(recipe), "--out", f"{out}/", timeout=120)
+    assert again.returncode == 0 and again.stdout.count("completed, skipped") == 4
+    refused = dmlcli_mpi(3, "sweep", str(recipe), "--out", f"{out}/", "--workers", "4", timeout=120)
+    assert refused.returncode == 2 and "--workers 4 needs 5 ranks, but mpirun started 3" in refused.stderr
 
 
 @pytest.mark.parametrize("body,message", [

@@ -2,9 +2,11 @@
 
 Each point is one `dmlcli train ALGO --set KEY=VALUE ... --out DIR/NAME.csv`, started one after another
 as a user would (it launches MPI itself), NAME = ALGO-KEY=VALUE...-sSEED from the swept keys in recipe
-order. A point whose manifest says `completed` is skipped, so a sweep that was stopped continues where
-it stopped. Every list element goes through its option's TOML type, as a scalar would (recipe_values),
-and every point through make_config, before the first run starts.
+order. Under mpirun or srun (one allocation of a batch job) the points run one after another on the
+job's ranks instead (runtime.launch.sweep_main), rank 0 deciding which are done. A point whose manifest
+says `completed` is skipped, so a sweep that was stopped continues where it stopped. Every list element
+goes through its option's TOML type, as a scalar would (recipe_values), and every point through
+make_config, before the first run starts.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def plan(path: str) -> tuple[str, list[dict], list[str]]:
     """(algorithm, points as {option: TOML value}, the swept option names); every error a UsageError."""
     from dmlcli.algorithms import REGISTRY
     from dmlcli.recipe import load_recipe, recipe_values
-    from dmlcli.runtime.config import SHARED_OPTIONS, make_config
+    from dmlcli.runtime.config import SHARED_OPTIONS
 
     recipe = load_recipe(path)
     origin = f"recipe {path}"
@@ -74,14 +76,24 @@ def plan(path: str) -> tuple[str, list[dict], list[str]]:
     swept = [key for key, value in recipe.items() if isinstance(value, list)]
     points = [dict(zip(axes, combination)) for combination in itertools.product(*axes.values())]
     for point in points:
-        given = recipe_values(point.items(), known, origin)
-        params = {p.name: given.pop(p.name) for p in spec.params if p.name in given}
         try:
-            make_config(algorithm, params, **given)
+            point_config(algorithm, point, origin)
         except UsageError as error:
             where = ", ".join(f"{key} = {json.dumps(point[key])}" for key in swept)
             raise UsageError(f"{origin}: the run with {where}: {error}") from None
     return algorithm, points, swept
+
+
+def point_config(algorithm: str, point: dict, origin: str, **outputs):
+    """The RunConfig of one point (values converted by their options' types), with `outputs` (out, force, …)."""
+    from dmlcli.algorithms import REGISTRY
+    from dmlcli.recipe import recipe_values
+    from dmlcli.runtime.config import SHARED_OPTIONS, make_config
+
+    spec = REGISTRY[algorithm]
+    given = recipe_values(point.items(), {p.name: p for p in (*SHARED_OPTIONS, *spec.params)}, origin)
+    params = {p.name: given.pop(p.name) for p in spec.params if p.name in given}
+    return make_config(algorithm, params, **{**given, **outputs})
 
 
 def point_name(algorithm: str, point: dict, swept: list[str]) -> str:
@@ -111,14 +123,20 @@ def sweep(recipe, out, workers, progress, dry_run):
     """Run a sweep: a TOML recipe (with `algorithm = "..."`) whose values may be lists, e.g. lr = [0.1, 0.03]
     and seed = [0, 1, 2]; the runs are the cartesian product, each a `dmlcli train` started one after
     another into DIR/ALGO-KEY=VALUE...-sSEED.csv. A run whose manifest says completed is skipped, so a
-    stopped sweep continues where it stopped. Started alone (not under mpirun)."""
-    from dmlcli.runtime.launch import under_launcher
+    stopped sweep continues where it stopped. Started alone, each run launches its own MPI ranks; under
+    mpirun or srun (a batch job's one allocation) the runs go one after another on the job's ranks."""
+    from dmlcli.runtime import launch
 
-    if under_launcher():
-        raise UsageError("dmlcli sweep starts each run under MPI itself; start it alone, not under mpirun or srun")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file; the sweep writes its runs into a directory")
     algorithm, points, swept = plan(recipe)
+    if launch.under_launcher():
+        if workers is not None:
+            from dmlcli.cli.train import _check_workers
+
+            _check_workers(workers)
+        sys.exit(launch.sweep_main(lambda transport: _listed_on_ranks(transport, recipe, algorithm, points, swept,
+                                                                     out, progress)))
     runs = []
     for point in points:
         name = point_name(algorithm, point, swept)
@@ -159,3 +177,19 @@ def sweep(recipe, out, workers, progress, dry_run):
             click.echo(f"dmlcli sweep: stopped at {name} (exit {code}); run the sweep again to continue", err=True)
             sys.exit(code)
     click.echo(f"{total} runs: {ran} run, {total - ran} skipped (completed), in {out}")
+
+
+def _listed_on_ranks(transport, recipe: str, algorithm: str, points: list[dict], swept: list[str], out: str,
+                     progress: str) -> list:
+    """The runs as (name, config, skip), decided by rank 0 (which reads the manifests) for every rank."""
+    listed = None
+    if transport.rank == 0:
+        listed = []
+        for point in points:
+            name = point_name(algorithm, point, swept)
+            csv_path = os.path.join(out, f"{name}.csv")
+            manifest = csv_path[: -len(".csv")] + ".json"
+            force = os.path.exists(csv_path) or os.path.exists(manifest)  # what an earlier attempt left
+            config = point_config(algorithm, point, f"recipe {recipe}", out=csv_path, progress=progress, force=force)
+            listed.append((name, config, completed(manifest)))
+    return transport.bcast_object(listed)

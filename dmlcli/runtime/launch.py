@@ -343,9 +343,45 @@ def _mpiexec_kind(mpiexec: str) -> str:
 
 def rank_main(config) -> int:
     """Entry point on each MPI rank. A failure on any rank prints one line naming it and aborts all."""
+    from dmlcli.runtime.run import run_rank
+
+    return _on_ranks(lambda transport, stop: run_rank(config, transport, stop=stop))
+
+
+def sweep_main(runs) -> int:
+    """A sweep inside one MPI allocation (`mpirun dmlcli sweep`): `runs(transport)` lists the runs as
+    (name, config, skip), the same on every rank; they run one after another on these ranks. A
+    diverged run (exit 3) is reported and the sweep goes on; any other end but 0 stops it with that code."""
+    from dmlcli.runtime.run import run_rank
+
+    def sweep(transport, stop) -> int:
+        listed = runs(transport)
+        for index, (name, config, skip) in enumerate(listed, 1):
+            say = print if transport.rank == 0 else (lambda *args, **kwargs: None)
+            if skip:
+                say(f"[{index}/{len(listed)}] {name}: completed, skipped", flush=True)
+                continue
+            say(f"[{index}/{len(listed)}] {name}: running", flush=True)
+            code = run_rank(config, transport, stop=stop)
+            if code == 3:
+                say(f"[{index}/{len(listed)}] {name}: diverged (exit 3), the sweep goes on", flush=True)
+            elif code != 0:
+                say(f"dmlcli sweep: stopped at {name} (exit {code}); run the sweep again to continue",
+                    file=sys.stderr, flush=True)
+                return code
+        say(f"{len(listed)} runs: {sum(not skip for *_, skip in listed)} run, "
+            f"{sum(skip for *_, skip in listed)} skipped (completed)", flush=True)
+        return 0
+
+    return _on_ranks(sweep)
+
+
+def _on_ranks(body) -> int:
+    """Run body(transport, stop) on this rank, rank 0 alone handling signals; any failure prints one
+    line naming the rank and aborts every rank."""
     from dmlcli.comm.mpi import MPITransport
     from dmlcli.runtime.context import StopRequest
-    from dmlcli.runtime.run import CollectiveUsageError, run_rank
+    from dmlcli.runtime.run import CollectiveUsageError
 
     transport = MPITransport()
     stop = StopRequest()
@@ -357,7 +393,7 @@ def rank_main(config) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     tell_launcher(f"rank-{transport.rank}.pid", str(os.getpid()))  # after the handlers: signals may follow at once
     try:
-        code = run_rank(config, transport, stop=stop)
+        code = body(transport, stop)
         # The run is over and its outputs are written. Python restores the default handlers while
         # it shuts down, and a late signal would then kill the rank instead of being ignored.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -40,6 +40,7 @@ import numpy as np
 from dmlcli.errors import UsageError
 from dmlcli.runtime.context import Stopwatch
 from dmlcli.runtime.evaluate import Counters, KeptModels, evaluate_kept
+from dmlcli.runtime.stall import RunStalled, silent_text
 
 STOP = 0  # progress[STOP] is the stop flag; progress[k] is worker k's step count
 # Rank 0 looks at the counts every LOOK_S and sleeps in between, leaving the cores to the workers
@@ -101,6 +102,7 @@ def _coordinate(ctx, w: np.ndarray, progress: np.ndarray) -> tuple[KeptModels, s
         return bool(np.isfinite(model).all())
 
     next_copy, looks = config.evaluation_interval, 0
+    last_steps, moved_at = np.zeros(ctx.workers), np.full(ctx.workers, time.monotonic())
     try:
         while True:
             looks += 1
@@ -108,6 +110,13 @@ def _coordinate(ctx, w: np.ndarray, progress: np.ndarray) -> tuple[KeptModels, s
             steps = read_counts()
             if counters.round >= config.rounds or ctx.should_stop(watch):
                 break
+            # --stall-timeout: nothing travels here, so a worker is silent when its own count stands still.
+            now = time.monotonic()
+            moved_at[steps != last_steps], last_steps = now, steps
+            silent = np.flatnonzero(now - moved_at > (config.stall_timeout or np.inf))
+            if silent.size:
+                raise RunStalled(f"no step for {config.stall_timeout:g} s (--stall-timeout) after {counters.updates} "
+                                 f"updates: {silent_text(silent + 1)} silent")
             if counters.round >= next_copy:
                 if not keep_copy(steps):
                     break  # the evaluation after the run reports the divergence
