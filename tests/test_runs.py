@@ -154,3 +154,31 @@ def test_other_partitions_run_and_converge(config, partition):
     assert run_local(run, workers=3) == 0
     optimum = reference_objective(run, workers=3)  # sampling with replacement: F is over the drawn rows
     assert (objectives(run.out)[-1] - optimum) / optimum <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["libsvm", "csv"])
+def test_a_text_file_is_scanned_once_and_workers_read_only_their_rows(config, tmp_path, monkeypatch, kind):
+    """Rank 0's scan (row offsets included) reaches the workers with their rows: no worker parses the
+    whole file again, and every row is read once, by the worker that holds it."""
+    from dmlcli.data.csvfile import CsvSource
+    from dmlcli.data.libsvm import LibsvmSource
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(120, 6))
+    y = np.where(X @ rng.normal(size=6) > 0, 1, -1)
+    path = tmp_path / f"train.{'svm' if kind == 'libsvm' else 'csv'}"
+    if kind == "libsvm":
+        write_libsvm(path, X, y)
+    else:
+        np.savetxt(path, np.column_stack([y, X]), delimiter=",", fmt="%.17g")
+    source_class = LibsvmSource if kind == "libsvm" else CsvSource
+    scans, read = [], []
+    original_scan, original_read = source_class._scan, source_class._read_sorted
+    monkeypatch.setattr(source_class, "_scan", lambda self: scans.append(1) or original_scan(self))
+    monkeypatch.setattr(source_class, "_read_sorted", lambda self, rows, width: read.append(rows.copy()) or
+                        original_read(self, rows, width))
+    run = config("ssgd", data=str(path), rounds=5)
+    assert run_local(run, workers=3) == 0
+    assert len(scans) == 1
+    rows_read = np.concatenate(read)
+    assert rows_read.size == 120 and np.unique(rows_read).size == 120  # training and test rows, each once

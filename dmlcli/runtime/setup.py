@@ -15,6 +15,8 @@ import scipy.sparse as sp
 
 from dmlcli.algorithms import REGISTRY
 from dmlcli.data import agree_index_base, open_source, partition, split_test
+from dmlcli.data.csvfile import CsvSource
+from dmlcli.data.libsvm import LibsvmSource
 from dmlcli.data.partition import parse_scheme
 from dmlcli.data.synthetic import BLOCK_ROWS, parse_synthetic_spec
 from dmlcli.errors import DataError, UsageError
@@ -57,6 +59,9 @@ class WorkerRows:
     test_y: np.ndarray
     first_client: int
     client_sizes: tuple[int, ...]
+    # Rank 0's scanned text sources (training, test), whose row offsets let a worker read only its own
+    # rows' bytes instead of parsing the whole file again; None for the other kinds of data.
+    scanned: tuple = (None, None)
 
 
 def names_a_directory(out: str) -> bool:
@@ -285,7 +290,8 @@ def plan_run(config: RunConfig, workers: int) -> tuple[Plan, list[WorkerRows]]:
     for mine, t in zip(client_blocks(clients, workers), test_parts):  # contiguous blocks of clients
         p = np.concatenate([positions[c] for c in mine])
         sizes = tuple(positions[c].size for c in mine)
-        rows.append(WorkerRows(train_index[p], train_y[p], test_index[t], test_y[t], int(mine[0]), sizes))
+        rows.append(WorkerRows(train_index[p], train_y[p], test_index[t], test_y[t], int(mine[0]), sizes,
+                               (_if_text(source), _if_text(test_source) if config.test_data else None)))
     if not info.sparse:
         largest = max(part.train_index.size + part.test_index.size for part in rows)
         check_dense_rows(largest, d_features, f"--data {config.data}")
@@ -295,6 +301,11 @@ def plan_run(config: RunConfig, workers: int) -> tuple[Plan, list[WorkerRows]]:
     plan = Plan(run_id, csv_path, manifest_path, names_a_directory(config.out), n_train, int(test_index.size), d_features, d_model,
                 batch_sizes, client_sizes, encode, info.sparse, index_base)
     return plan, rows
+
+
+def _if_text(source):
+    """The scanned source, if it is a line-oriented file whose scan a worker can reuse."""
+    return source if isinstance(source, (LibsvmSource, CsvSource)) else None
 
 
 def _with_context(convert, where: str):
@@ -394,9 +405,10 @@ def make_problem(config: RunConfig, plan: Plan) -> Problem:
 
 def load_rows(config: RunConfig, plan: Plan, rows: WorkerRows):
     """(X_train, X_test) for this worker: only its rows of each source are read."""
-    source = open_source(config.data, index_base=plan.index_base)
+    scanned, scanned_test = rows.scanned
+    source = scanned or open_source(config.data, index_base=plan.index_base)
     X = source.rows(rows.train_index, plan.d_features)
-    test_source = open_source(config.test_data, index_base=plan.index_base) if config.test_data else source
+    test_source = (scanned_test or open_source(config.test_data, index_base=plan.index_base)) if config.test_data else source
     X_test = test_source.rows(rows.test_index, plan.d_features) if rows.test_index.size else None
     return source, X, X_test
 
