@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import numpy as np
@@ -14,12 +15,24 @@ from dmlcli.comm.polling import YIELD_S, poll_until
 REDUCTIONS = {"sum": MPI.SUM, "max": MPI.MAX}
 
 
+def usable_cores() -> int:
+    """Cores this node offers its ranks: the affinity mask, unless a launcher bound this rank to one core
+    (Open MPI does by default), in which case the machine's count."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return (os.cpu_count() or 1) if cores == 1 else cores
+
+
 class MPITransport:
     def __init__(self, comm=None):
         self.comm = comm or MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.stall_timeout: float | None = None  # seconds any wait may last (see comm.Stalled); None: no limit
+        # Point-to-point waits yield first only where every rank of this node has a core (comm.polling).
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.oversubscribed = node.Get_size() > usable_cores()
+        node.Free()
+        self.p2p_yield_s = 0.0 if self.oversubscribed else YIELD_S
 
     def _until(self, test, yield_s: float = 0.0, timeout: float | None = None):
         """Poll test() to completion, giving up after `timeout` (default: the stall timeout)."""
@@ -79,7 +92,7 @@ class MPITransport:
     def wait(self, request, timeout: float | None = None) -> int:
         """Wait for one request; return the message tag (receives) or -1."""
         status = MPI.Status()
-        self._until(lambda: request.Test(status), timeout=timeout)
+        self._until(lambda: request.Test(status), self.p2p_yield_s, timeout=timeout)
         return status.Get_tag()
 
     def waitany(self, requests: list, timeout: float | None = None) -> tuple[int, int]:
@@ -91,7 +104,7 @@ class MPITransport:
             index, done = MPI.Request.Testany(handles, status)
             return done and index != MPI.UNDEFINED and (index,)
 
-        (index,) = self._until(ready, timeout=timeout)
+        (index,) = self._until(ready, self.p2p_yield_s, timeout=timeout)
         return index, status.Get_tag()
 
     def neighbour_exchange(self, send: np.ndarray, peers, out: list | None = None) -> list[np.ndarray]:
@@ -161,8 +174,6 @@ THREAD_LEVELS = {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled", M
 def environment(comm=None) -> dict | None:
     """MPI as this process sees it, for `dmlcli env`. Collective: every rank's host, pid and usable
     CPUs are gathered to rank 0, which alone gets the report (the others get None)."""
-    import os
-
     import mpi4py
 
     comm = comm or MPI.COMM_WORLD
