@@ -11,9 +11,8 @@ import argparse
 import time
 
 import numpy as np
+from bare_data import load
 from mpi4py import MPI
-
-from dmlcli.data import open_source, partition
 
 
 def main():
@@ -27,11 +26,7 @@ def main():
 
     comm = MPI.COMM_WORLD
     rank, workers = comm.Get_rank(), comm.Get_size() - 1
-    source = open_source(args.data)
-    info = source.scan()
-    y_all = np.where(info.y == np.unique(info.y)[-1], 1.0, -1.0)
-    parts = partition("contiguous", info.n, workers, 0, y_all)
-    d = info.d + 1
+    _, d, rows, X, y = load(args.data, rank, workers)
     w = np.zeros(d)
     STOP, WORK = 2, 1
     comm.Barrier()
@@ -56,9 +51,6 @@ def main():
         elapsed = time.perf_counter() - start
         print(f"{applied / elapsed:.3f}")
     else:
-        rows = parts[rank - 1]
-        X = np.hstack([source.rows(rows), np.ones((rows.size, 1))])
-        y = y_all[rows]
         status, cursor, g = MPI.Status(), 0, np.empty(d)
         while True:
             comm.Recv(w, source=0, status=status)

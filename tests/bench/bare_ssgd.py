@@ -9,9 +9,8 @@ import argparse
 import time
 
 import numpy as np
+from bare_data import load
 from mpi4py import MPI
-
-from dmlcli.data import open_source, partition
 
 
 def main():
@@ -24,22 +23,14 @@ def main():
 
     comm = MPI.COMM_WORLD
     rank, workers = comm.Get_rank(), comm.Get_size() - 1
-    source = open_source(args.data)
-    info = source.scan()
-    y_all = np.where(info.y == np.unique(info.y)[-1], 1.0, -1.0)
-    parts = partition("contiguous", info.n, workers, 0, y_all)
-    d = info.d + 1
-    if rank > 0:
-        rows = parts[rank - 1]
-        X = np.hstack([source.rows(rows), np.ones((rows.size, 1))])
-        y = y_all[rows]
+    n, d, rows, X, y = load(args.data, rank, workers)
     w = np.zeros(d)
     g = np.empty(d)
     comm.Barrier()
     start = time.perf_counter()
     for _ in range(args.rounds):
         if rank > 0:
-            g[:] = (rows.size / info.n) * (X.T @ (-0.5 * y * (1.0 + np.tanh(-0.5 * y * (X @ w))))) / rows.size
+            g[:] = (rows.size / n) * (X.T @ (-0.5 * y * (1.0 + np.tanh(-0.5 * y * (X @ w))))) / rows.size
         else:
             g[:] = 0.0
         comm.Allreduce(MPI.IN_PLACE, g, op=MPI.SUM)
