@@ -28,10 +28,10 @@ class MPITransport:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.stall_timeout: float | None = None  # seconds any wait may last (see comm.Stalled); None: no limit
+        # The ranks of this node, which share its memory and its cores (kept for shared_array).
+        self.node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         # Point-to-point waits yield first only where every rank of this node has a core (comm.polling).
-        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
-        self.oversubscribed = node.Get_size() > usable_cores()
-        node.Free()
+        self.oversubscribed = self.node.Get_size() > usable_cores()
         self.p2p_yield_s = 0.0 if self.oversubscribed else YIELD_S
 
     def _until(self, test, yield_s: float = 0.0, timeout: float | None = None):
@@ -140,12 +140,9 @@ class MPITransport:
 
     # shared memory (hogwild): one array that every rank of a node maps
     def same_node(self) -> bool:
-        """Whether every rank shares memory with every other (one node). Collective; each rank
-        learns it from the size of its own node's communicator, so all agree without a message."""
-        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
-        together = node.Get_size() == self.size
-        node.Free()
-        return together
+        """Whether every rank shares memory with every other (one node): each rank learns it from the
+        size of its own node's communicator, so all agree without a message."""
+        return self.node.Get_size() == self.size
 
     @contextlib.contextmanager
     def shared_array(self, size: int):
@@ -155,7 +152,7 @@ class MPITransport:
         with-block ends, then is freed collectively, so no view of it may outlive the block. Not
         freed when the block raises: the run is being aborted, and a rank waiting in a collective
         free would never reach the abort."""
-        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        node = self.node
         window = MPI.Win.Allocate_shared(8 * size if node.Get_rank() == 0 else 0, 8, comm=node)
         memory, _ = window.Shared_query(0)
         array = np.ndarray(buffer=memory, dtype=np.float64, shape=(size,))
@@ -164,7 +161,6 @@ class MPITransport:
         self.barrier()  # zeroed before anyone reads it
         yield array
         window.Free()
-        node.Free()
 
 
 THREAD_LEVELS = {MPI.THREAD_SINGLE: "single", MPI.THREAD_FUNNELED: "funneled", MPI.THREAD_SERIALIZED: "serialized",

@@ -381,6 +381,7 @@ def _on_ranks(body) -> int:
     line naming the rank and aborts every rank."""
     from dmlcli.comm.mpi import MPITransport
     from dmlcli.runtime.context import StopRequest
+    from dmlcli.runtime.failures import failure_line
     from dmlcli.runtime.run import CollectiveUsageError
 
     transport = MPITransport()
@@ -411,8 +412,7 @@ def _on_ranks(body) -> int:
         return code
     except BaseException as error:  # noqa: BLE001 - any failure must end every rank, not hang them
         code = getattr(error, "exit_code", 1)
-        detail = str(error) or type(error).__name__
-        print(f"dmlcli: rank {transport.rank} failed: {type(error).__name__}: {detail}", file=sys.stderr, flush=True)
+        print(failure_line(transport.rank, error), file=sys.stderr, flush=True)
         # mpiexec relays a rank's output through a pipe; an immediate abort can tear the relay
         # down before it has passed the line on (seen: 7 runs in 25 lost it). Give it a moment.
         time.sleep(ABORT_GRACE_S)

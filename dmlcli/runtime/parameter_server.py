@@ -205,9 +205,8 @@ def _serve(ctx, algorithm):
             ctx.failure = f"{config.algorithm} cannot go on without {silent_text(j + 1 for j in failed)}: every worker left is held"
             budget_spent = run_failed = True
             keep_model()
-            for j, _ in held:
+            for j in released(False):  # all of them, the budget being spent
                 answer(j)
-            held = []
             continue
         # Look from the worker after the last one served: MPI's Testany favours low ranks when
         # several are ready, and a worker served more often biases the model towards its shard.

@@ -4,7 +4,7 @@ Every wait of the transport gives up once it has lasted S seconds (comm.Stalled)
 - The parameter server knows who is silent: it waits on every worker at once, so the workers it
   neither heard from nor holds have sent nothing for S seconds (runtime.parameter_server says so).
 - In a collective nobody knows which rank has not arrived. Every rank whose wait gave up tells
-  rank 0 so, point to point (TAG_STALL, with the step it is at); rank 0 listens for S seconds
+  rank 0 so, point to point (TAG_STALL); rank 0 listens for S seconds
   more and names the ranks it did not hear from. A rank waiting in the same collective gives up
   within S of rank 0 (it started waiting later, never more than S later, or rank 0 would have
   been the silent one), so its note is in by then. Rank 0 raises RunStalled, and the launcher's
@@ -40,7 +40,7 @@ def end_stalled(ctx) -> None:
                          f"end the run: rank 0 is silent")
     notes = {rank: np.empty(1) for rank in range(1, transport.size)}
     receives = [transport.irecv(note, rank, TAG_STALL) for rank, note in notes.items()]
-    heard: dict[int, int] = {}
+    heard: set[int] = set()
     deadline = time.monotonic() + timeout
     while len(heard) < len(notes) and time.monotonic() < deadline:
         try:
@@ -48,7 +48,7 @@ def end_stalled(ctx) -> None:
         except Stalled:
             break
         receives[index] = None
-        heard[index + 1] = int(notes[index + 1][0])
+        heard.add(index + 1)
     silent = [rank for rank in notes if rank not in heard]
     who = f"{silent_text(silent)} silent" if silent else "every rank is waiting (a message was lost)"
     raise RunStalled(f"nothing arrived for {timeout:g} s (--stall-timeout) at step {step}: {who}")
