@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench hostile seed004 bytes-to-gap straggler soak sweep-3x5 lint clean
+.PHONY: install demo test bench bench-deps hostile seed004 bytes-to-gap straggler soak sweep-3x5 lint clean
 
 install: $(STAMP)
 
@@ -21,9 +21,15 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# Per-round time of dmlcli vs a bare mpi4py loop doing the same arithmetic; writes runs/bench.md.
+# Every performance figure (overhead against bare mpi4py, torch.distributed, PySpark, asynchronous
+# throughput, memory, start-up, data loading, scaling); writes BENCHMARKS.md. One section alone:
+# make bench SECTION=startup (repeat with SECTION="startup memory"). QUICK=1 uses small grids.
 bench: install
-	$(BIN)/python tests/bench/run_bench.py --out runs/bench.md
+	$(BIN)/python tests/bench/run_bench.py $(foreach s,$(SECTION),--section $(s)) $(if $(QUICK),--quick)
+
+# The optional peers of make bench (torch for section 2, pyspark for section 3); without them those sections say so.
+bench-deps: install
+	$(BIN)/python -m pip install --quiet -e '.[mpi,test,bench]'
 
 # Hostile inputs against the real command line (exit codes, one-line errors, nothing written); writes runs/hostile.md.
 # Then 20 pairs of runs started together into one directory, and the signal matrix (the suite runs 5 pairs).

@@ -18,6 +18,19 @@ LAM, N = 0.5, 10  # the tiny problem of the by-hand tests: squared loss, (Î»/2)â
 MPI_TIMEOUT_S = 120  # a hung run fails its own test instead of the whole suite
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_parse_cache(tmp_path_factory):
+    """Runs in the suite (and the mpiexec runs they start) keep LIBSVM parse caches in a directory of
+    the session's, never in the user's ~/.cache/dmlcli; tests of the cache set their own."""
+    previous = os.environ.get("DMLCLI_CACHE_DIR")
+    os.environ["DMLCLI_CACHE_DIR"] = str(tmp_path_factory.mktemp("parse-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("DMLCLI_CACHE_DIR", None)
+    else:
+        os.environ["DMLCLI_CACHE_DIR"] = previous
+
+
 @pytest.fixture
 def problem():
     return Problem(LOSSES["squared"], make_regularizer("l2", LAM), n=N, d=3)

@@ -3,6 +3,7 @@ to the centralised reference, the residual columns, clients on fewer ranks, and 
 
 import numpy as np
 import pytest
+import scipy.linalg
 import scipy.sparse as sp
 from scipy.linalg import cho_factor
 from test_sync_family import rounds_by_hand, shard_pair
@@ -151,7 +152,7 @@ def test_the_factor_is_computed_once_per_client(monkeypatch):
         calls.append(matrix.shape)
         return cho_factor(matrix, **options)
 
-    monkeypatch.setattr(admm, "cho_factor", counting)
+    monkeypatch.setattr(scipy.linalg, "cho_factor", counting)  # admm imports it when it first factorises
     problem = Problem(LOSSES["squared"], make_regularizer("l2", LAM), n=N, d=3)
     algorithm = REGISTRY["admm"].build(problem, FULL)
     shards, _ = shard_pair()

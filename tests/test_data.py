@@ -1019,3 +1019,22 @@ def test_split_test_edges():
     for fraction in (1.0, -0.1, float("nan")):
         with pytest.raises(UsageError, match="test fraction"):
             split_test(10, fraction, 1)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "linear"])
+def test_synthetic_rows_drawn_in_pieces_are_the_rows_of_one_draw(monkeypatch, kind):
+    """Dense features are drawn DRAW_BYTES at a time and only the wanted rows kept, so a block at large d
+    never exists whole; the numbers are those of one (m, d) draw from the block's generator."""
+    from dmlcli.data import synthetic
+
+    spec = synthetic.parse_synthetic_spec(f"synthetic:n=300,d=40,seed=5,kind={kind}")
+    weights = synthetic.true_weights(spec)
+    whole = np.random.default_rng(9)
+    X_whole = whole.standard_normal((300, 40))
+    y_whole = X_whole @ weights + spec.noise * whole.standard_normal(300)
+    monkeypatch.setattr(synthetic, "DRAW_BYTES", 8 * 40 * 7)  # 7 rows at a time
+    keep = np.array([0, 6, 7, 13, 200, 299])
+    X, y = synthetic.generate(spec, weights, np.random.default_rng(9), 300, keep)
+    assert np.array_equal(X, X_whole[keep])
+    expected = np.where(y_whole >= 0, 1.0, -1.0) if kind == "logistic" else y_whole
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-12)  # the products x·w* summed in pieces of rows

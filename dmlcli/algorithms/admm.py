@@ -8,12 +8,11 @@ from typing import NamedTuple
 
 import click
 import numpy as np
-import scipy.sparse as sp
-from scipy.linalg import cho_factor, cho_solve
 
 from dmlcli.algorithms.base import AlgorithmSpec, Param, Report, SyncAlgorithm
 from dmlcli.errors import UsageError
 from dmlcli.problems.cg import conjugate_gradient
+from dmlcli.sparse import issparse
 
 DEFAULT_RHO = 0.1  # measured: see the docstring
 DEFAULT_LOCAL_ITERS = 20
@@ -42,11 +41,13 @@ def squared_loss_solver(X, y: np.ndarray, rho: float):
     m×m one, XXᵀ + mρI, through the push-through (Woodbury) identity
         (XᵀX/m + ρI)⁻¹ b = (b − Xᵀ (XXᵀ + mρI)⁻¹ X b) / ρ.
     X may be dense or scipy sparse (only the Gram matrix is made dense)."""
+    from scipy.linalg import cho_factor, cho_solve  # only runs that factorise pay for importing it
+
     m, d = X.shape
     rhs0 = X.T @ y / m
     if d <= m:
         gram = X.T @ X
-        gram = gram.toarray() if sp.issparse(gram) else np.asarray(gram, dtype=np.float64)
+        gram = gram.toarray() if issparse(gram) else np.asarray(gram, dtype=np.float64)
         gram /= m
         gram[np.diag_indices(d)] += rho
         factor = cho_factor(gram, overwrite_a=True, check_finite=False)
@@ -55,7 +56,7 @@ def squared_loss_solver(X, y: np.ndarray, rho: float):
             return cho_solve(factor, rhs0 + rho * v, check_finite=False)
     else:
         outer = X @ X.T
-        outer = outer.toarray() if sp.issparse(outer) else np.asarray(outer, dtype=np.float64)
+        outer = outer.toarray() if issparse(outer) else np.asarray(outer, dtype=np.float64)
         outer[np.diag_indices(m)] += m * rho
         factor = cho_factor(outer, overwrite_a=True, check_finite=False)
 

@@ -2,9 +2,9 @@
 
 import click
 import numpy as np
-import scipy.sparse as sp
 
 from dmlcli.algorithms.base import AlgorithmSpec, Param, SharedAlgorithm
+from dmlcli.sparse import issparse
 
 
 def hogwild(problem, settings, step_decay=1.0):
@@ -34,7 +34,7 @@ def hogwild(problem, settings, step_decay=1.0):
 
     def rows_touching(shard):
         """Per coordinate, the shard's rows a step touches it with: nonzeros per column, or every row (dense)."""
-        if sp.issparse(shard.X):
+        if issparse(shard.X):
             return np.bincount(shard.X.indices, minlength=problem.d).astype(np.float64)
         return np.full(problem.d, float(shard.n))
 
@@ -47,7 +47,7 @@ def hogwild(problem, settings, step_decay=1.0):
         inverse_frequency, drawn = state
         eta = settings.lr * step_decay ** (drawn // shard.n)  # β after each pass over the shard
         X, y = shard.batch(batch)
-        if sp.issparse(X):
+        if issparse(X):
             # The gradient on S from the batch's nonzeros alone: O(nonzeros), whatever d is.
             rows = X.shape[0]
             row = np.repeat(np.arange(rows), np.diff(X.indptr))  # each nonzero's row in the batch

@@ -60,7 +60,7 @@ def ssp(problem, settings, staleness_bound=DEFAULT_BOUND):
         X, y = shard.batch(batch)
         share = shard.n / problem.n
         payload = np.empty(d + 2)
-        payload[:d] = share * problem.grad_mean(w, X, y)
+        np.multiply(problem.grad_mean(w, X, y), share, out=payload[:d])  # no temporary of d floats
         payload[d], payload[d + 1] = share, shard.client
         return payload, state
 

@@ -4,20 +4,27 @@ The first non-blank line is a header when any of its fields is not a number; the
 then the one named label, y, target or class (any case), and otherwise the first column.
 Blank lines are skipped; there is no quoting, as every data field must be a number (spaces around
 it are allowed).
+
+Text is parsed a block of lines at a time: a block whose bytes are all digits, signs, points,
+exponents, commas, spaces and line breaks, with the same number of commas on every line, goes to
+numpy.loadtxt (C, and the same correctly rounded conversion as float()); any other block (blank
+lines, a fault) is parsed line by line, which names the fault and its line. On a 7.5 MB file
+(10,000 rows × 100 features) a scan and a read of every row took 0.86 s of CPU line by line and
+0.44 s in blocks; numpy.loadtxt reads it in 0.18 s, once, where the scan and the rows read it twice
+(2-core development machine, shared with other jobs, 2026-11-24).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from array import array
-from functools import partial
+from collections.abc import Callable
 
 import numpy as np
 
 from dmlcli.data.messages import shown_list
 from dmlcli.data.source import DatasetInfo, DataSource
-from dmlcli.data.textfile import PLAIN_NUMBER, line_content, numbered_lines, parse_number, read_rows
+from dmlcli.data.textfile import PLAIN_NUMBER, line_blocks, line_content, parse_number, row_texts
 from dmlcli.errors import DataError
 
 LABEL_NAMES = ("label", "y", "target", "class")
@@ -94,6 +101,58 @@ def parse_csv_fields(content: bytes, where: str, width: int) -> np.ndarray | Non
     return numbers
 
 
+_PLAIN_BYTES = b"0123456789.+-eE, \t\r\n"
+_NEWLINE, _RETURN, _COMMA = ord("\n"), ord("\r"), ord(",")
+
+
+def parse_csv_block(block: bytes, width: int, where: Callable[[int], str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(byte offset of each data row's line, the rows' numbers as rows × width, end of the last row's line)
+    for a block of whole lines; `where(i)` names line i of the block (from 0) in an error message."""
+    return parse_plain_csv_block(block, width) or parse_csv_block_by_line(block, width, where)
+
+
+def parse_plain_csv_block(block: bytes, width: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """parse_csv_block for a block of plain data lines only (see the module docstring); None for any other."""
+    if not block or block.translate(None, _PLAIN_BYTES):
+        return None
+    text = np.frombuffer(block, dtype=np.uint8)
+    returns = np.flatnonzero(text == _RETURN)
+    if returns.size and (returns[-1] + 1 == text.size or np.any(text[returns + 1] != _NEWLINE)):
+        return None  # a carriage return that does not end a line: line by line says what it is
+    breaks = np.flatnonzero(text == _NEWLINE)
+    line_starts = np.concatenate(([0], breaks + 1))
+    if line_starts[-1] == len(block):
+        line_starts = line_starts[:-1]
+    commas = np.bincount(np.searchsorted(breaks, np.flatnonzero(text == _COMMA)), minlength=line_starts.size)
+    if np.any(commas != width - 1):
+        return None
+    try:
+        lines = block.decode("ascii").splitlines()
+        numbers = np.loadtxt(lines, delimiter=",", comments=None, ndmin=2, dtype=np.float64)
+    except ValueError:
+        return None
+    if numbers.shape != (line_starts.size, width) or not np.isfinite(numbers).all():
+        return None
+    return line_starts, numbers, len(block)  # every line is a data row
+
+
+def parse_csv_block_by_line(block: bytes, width: int,
+                            where: Callable[[int], str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """parse_csv_block for any block, one line at a time through parse_csv_line, which names the first fault."""
+    starts, rows = [], []
+    start = end = line = 0
+    while start < len(block):
+        stop = block.find(b"\n", start) + 1 or len(block)
+        numbers = parse_csv_line(block[start:stop], where(line), width)
+        if numbers is not None:
+            starts.append(start)
+            rows.append(numbers)
+            end = stop
+        start = stop
+        line += 1
+    return np.array(starts, dtype=np.int64), np.array(rows, dtype=np.float64).reshape(-1, width), end
+
+
 class CsvSource(DataSource):
     """A CSV file streamed from disk: the scan keeps labels and row offsets, rows() re-reads lines."""
 
@@ -104,34 +163,62 @@ class CsvSource(DataSource):
         self._label_column = 0
 
     def _scan(self) -> DatasetInfo:
-        labels = array("d")
-        starts = array("q")
+        labels, starts = [], []
         end = 0
-        for number, offset, line in numbered_lines(self.name):
-            where = f"{self.name}:{number}"
-            if not self._width and line.strip():
-                fields = line_content(line, where).split(b",")
-                self._width = len(fields)
-                if is_header(fields):
-                    self._label_column = label_column(header_names(fields), where)
-                    continue
-            numbers = parse_csv_line(line, where, self._width)
-            if numbers is None:
-                continue
-            labels.append(numbers[self._label_column])
-            starts.append(offset)
-            end = offset + len(line)
+        for first_line, offset, block in line_blocks(self.name):
+            skipped = 0 if self._width else self._first_line(block, first_line)
+            if skipped:
+                first_line += block.count(b"\n", 0, skipped)
+                offset += skipped
+                block = block[skipped:]
+            if not self._width:
+                continue  # only blank lines so far
+            row_starts, numbers, row_end = parse_csv_block(block, self._width,
+                                                           lambda line, first=first_line: f"{self.name}:{first + line}")
+            if row_starts.size:
+                labels.append(numbers[:, self._label_column])
+                starts.append(row_starts + offset)
+                end = offset + row_end
         if not labels:
             raise DataError(f"{self.name}: no data rows; expected lines of comma-separated numbers")
         if self._width < 2:
             raise DataError(f"{self.name}: only a label column; expected at least one feature column besides it")
-        self._offsets = np.append(np.frombuffer(starts, dtype=np.int64), end)
-        return DatasetInfo(n=len(labels), d=self._width - 1, y=np.frombuffer(labels, dtype=np.float64).copy(), sparse=False)
+        self._offsets = np.append(np.concatenate(starts), end)
+        all_labels = np.concatenate(labels)
+        return DatasetInfo(n=all_labels.size, d=self._width - 1, y=all_labels, sparse=False)
+
+    def _first_line(self, block: bytes, first_line: int) -> int:
+        """Settle the width and header from the file's first non-blank line, if this block has it.
+
+        Returns the bytes of the block that are done with: the blank lines before that line, and the line
+        itself when it is a header (a data line is left for the block parser).
+        """
+        start, line = 0, first_line
+        while start < len(block):
+            stop = block.find(b"\n", start) + 1 or len(block)
+            text = block[start:stop]
+            if text.strip():
+                where = f"{self.name}:{line}"
+                fields = line_content(text, where).split(b",")
+                self._width = len(fields)
+                if is_header(fields):
+                    self._label_column = label_column(header_names(fields), where)
+                    return stop
+                return start
+            start, line = stop, line + 1
+        return len(block)
 
     def _read_sorted(self, rows: np.ndarray, width: int) -> np.ndarray:
         features = np.empty((rows.size, width), dtype=np.float64)
         feature_columns = np.delete(np.arange(self._width), self._label_column)
-        parse = partial(parse_csv_line, width=self._width)
-        for position, numbers in enumerate(read_rows(self.name, self._offsets, rows, parse)):
-            features[position] = numbers[feature_columns]
+        done = 0
+        for count, text in row_texts(self.name, self._offsets, rows):
+            where = f"{self.name} (data rows {rows[done]}-{rows[done + count - 1]})"
+            _, numbers, _ = parse_csv_block(text, self._width, lambda _, where=where: where)
+            # Checked before filling `features`, so that a changed file cannot overrun it.
+            if numbers.shape[0] != count:
+                raise DataError(f"{self.name} changed since it was scanned: expected {count} data rows "
+                                f"at byte {int(self._offsets[rows[done]])}, found {numbers.shape[0]}")
+            features[done:done + count] = numbers[:, feature_columns]
+            done += count
         return features

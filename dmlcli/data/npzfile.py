@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import IO, NoReturn
 
 import numpy as np
-import scipy.sparse as sp
 from numpy.lib import format as npy_format
 
 from dmlcli.data.messages import shown, shown_list
 from dmlcli.data.source import DatasetInfo, DataSource, row_runs
 from dmlcli.errors import DataError
+from dmlcli.sparse import scipy_sparse
 
 CSR_PARTS = ("data", "indices", "indptr", "shape")
 # Bytes of raw array data read at once while validating or fetching dense rows.
@@ -295,7 +295,7 @@ class NpzSource(DataSource):
                 position += count
         return features
 
-    def _read_csr(self, archive: zipfile.ZipFile, rows: np.ndarray, width: int) -> sp.csr_matrix:
+    def _read_csr(self, archive: zipfile.ZipFile, rows: np.ndarray, width: int):
         counts = self._indptr[rows + 1] - self._indptr[rows]
         indptr = np.concatenate(([0], np.cumsum(counts)))
         columns = np.empty(indptr[-1], dtype=np.int64)
@@ -305,7 +305,7 @@ class NpzSource(DataSource):
         self._gather_part(archive, "data", _REAL_KINDS, runs, values)
         if columns.size and (columns.min() < 0 or columns.max() >= width):
             raise DataError(f"{self.name} changed since it was scanned: a column index is now outside [0, {width})")
-        matrix = sp.csr_matrix((values, columns, indptr), shape=(rows.size, width))
+        matrix = scipy_sparse().csr_matrix((values, columns, indptr), shape=(rows.size, width))
         # Stored parts may have unsorted or repeated columns; CSR semantics sum repeats anyway.
         matrix.sum_duplicates()
         return matrix

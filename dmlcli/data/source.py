@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 
 from dmlcli.errors import DataError
+from dmlcli.sparse import scipy_sparse
 
 
 @dataclass(frozen=True)
@@ -127,13 +127,13 @@ def row_runs(rows: np.ndarray, max_rows: int) -> Iterator[tuple[int, int]]:
             yield int(rows[chunk_start]), int(rows[chunk_end - 1]) + 1
 
 
-def csr_with_width(matrix: sp.csr_matrix, width: int) -> sp.csr_matrix:
+def csr_with_width(matrix, width: int):
     """The same CSR rows with `width` columns (width >= current column count): extra columns are zero."""
-    return sp.csr_matrix((matrix.data, matrix.indices, matrix.indptr), shape=(matrix.shape[0], width))
+    return scipy_sparse().csr_matrix((matrix.data, matrix.indices, matrix.indptr), shape=(matrix.shape[0], width))
 
 
 def empty_rows(width: int, sparse: bool):
     """A matrix with no rows, of the type a source of that kind returns."""
     if sparse:
-        return sp.csr_matrix((0, width), dtype=np.float64)
+        return scipy_sparse().csr_matrix((0, width), dtype=np.float64)
     return np.empty((0, width), dtype=np.float64)

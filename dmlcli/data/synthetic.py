@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-import scipy.sparse as sp
 
 from dmlcli.data.source import DatasetInfo, DataSource, csr_with_width
 from dmlcli.errors import DataError
+from dmlcli.sparse import scipy_sparse
 
 BLOCK_ROWS = 1024
+DRAW_BYTES = 64 * 2**20  # dense features are drawn this much at a time (see generate)
 KINDS = ("logistic", "linear")
 
 # Tags that keep the weight stream and the row streams apart. They are non-zero because
@@ -123,21 +124,38 @@ def true_weights(spec: SyntheticSpec) -> np.ndarray:
     return rng.standard_normal(spec.d) / np.sqrt(spec.nonzeros_per_row())
 
 
-def _sparse_features(rng: np.random.Generator, m: int, d: int, per_row: int) -> sp.csr_matrix:
+def _sparse_features(rng: np.random.Generator, m: int, d: int, per_row: int):
     """m rows with `per_row` distinct random columns each, holding standard normal values."""
     columns = np.array([np.sort(rng.choice(d, size=per_row, replace=False)) for _ in range(m)], dtype=np.int64)
     values = rng.standard_normal(m * per_row)
     indptr = np.arange(0, m * per_row + 1, per_row, dtype=np.int64)
-    return sp.csr_matrix((values, columns.reshape(-1), indptr), shape=(m, d))
+    return scipy_sparse().csr_matrix((values, columns.reshape(-1), indptr), shape=(m, d))
 
 
-def generate(spec: SyntheticSpec, weights: np.ndarray, rng: np.random.Generator, m: int):
-    """Draw m samples (features, labels): labels ±1 = sign(x·w* + noise·ε) for logistic, x·w* + noise·ε for linear."""
+def generate(spec: SyntheticSpec, weights: np.ndarray, rng: np.random.Generator, m: int, keep=None):
+    """Draw m samples (features, labels): labels ±1 = sign(x·w* + noise·ε) for logistic, x·w* + noise·ε for linear.
+
+    `keep` (sorted positions in [0, m)) returns only those rows' features, labels still for all m.
+    Dense features are drawn DRAW_BYTES at a time, the same numbers in the same order as one draw of
+    (m, d), so memory follows the rows kept: a block of 1,024 rows at d = 10⁶ would be 8 GB."""
     if spec.sparse:
         features = _sparse_features(rng, m, spec.d, spec.nonzeros_per_row())
+        response = features @ weights
+        if keep is not None:
+            features = features[keep]
     else:
-        features = rng.standard_normal((m, spec.d))
-    response = features @ weights + spec.noise * rng.standard_normal(m)
+        rows_per_draw = max(1, DRAW_BYTES // (8 * spec.d))
+        response, kept = np.empty(m), []
+        for start in range(0, m, rows_per_draw):
+            part = rng.standard_normal((min(rows_per_draw, m - start), spec.d))
+            response[start:start + part.shape[0]] = part @ weights
+            if keep is None:
+                kept.append(part)
+            else:
+                wanted = keep[(keep >= start) & (keep < start + part.shape[0])]
+                kept.append(part[wanted - start])
+        features = kept[0] if len(kept) == 1 else np.vstack(kept)
+    response += spec.noise * rng.standard_normal(m)
     if spec.kind == "logistic":
         return features, np.where(response >= 0, 1.0, -1.0)
     return features, response
@@ -152,16 +170,17 @@ class SyntheticSource(DataSource):
         self.online = spec.online
         self._weights = true_weights(spec)
 
-    def _block(self, block: int):
-        """Rows [block·BLOCK_ROWS, ...) of the fixed sample: always a full block is drawn, then cut at n."""
+    def _block(self, block: int, keep):
+        """Rows [block·BLOCK_ROWS, ...) of the fixed sample, features only at positions `keep` in the
+        block: always a full block is drawn, then the labels cut at n."""
         rng = np.random.default_rng([self.spec.seed, _ROW_STREAM, block])
-        features, labels = generate(self.spec, self._weights, rng, BLOCK_ROWS)
-        stop = min(BLOCK_ROWS, self.spec.n - block * BLOCK_ROWS)
-        return features[:stop], labels[:stop]
+        features, labels = generate(self.spec, self._weights, rng, BLOCK_ROWS, keep)
+        return features, labels[:min(BLOCK_ROWS, self.spec.n - block * BLOCK_ROWS)]
 
     def _scan(self) -> DatasetInfo:
         block_count = -(-self.spec.n // BLOCK_ROWS)
-        labels = np.concatenate([self._block(block)[1] for block in range(block_count)])
+        nothing = np.empty(0, dtype=np.int64)
+        labels = np.concatenate([self._block(block, nothing)[1] for block in range(block_count)])
         return DatasetInfo(n=self.spec.n, d=self.spec.d, y=labels, sparse=self.spec.sparse)
 
     def _read_sorted(self, rows: np.ndarray, width: int):
@@ -170,10 +189,9 @@ class SyntheticSource(DataSource):
         pieces = []
         for in_block in np.split(rows, bounds):
             block = int(in_block[0]) // BLOCK_ROWS
-            features, _ = self._block(block)
-            pieces.append(features[in_block - block * BLOCK_ROWS])
+            pieces.append(self._block(block, in_block - block * BLOCK_ROWS)[0])
         if self.spec.sparse:
-            return csr_with_width(sp.vstack(pieces, format="csr"), width)
+            return csr_with_width(scipy_sparse().vstack(pieces, format="csr"), width)
         return np.ascontiguousarray(np.vstack(pieces))
 
     def draw(self, rng: np.random.Generator, m: int):

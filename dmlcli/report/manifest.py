@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
@@ -43,6 +42,8 @@ def write_manifest(path, manifest: dict) -> None:
 
 
 def software_versions() -> dict:
+    import importlib.metadata  # rank 0 alone writes the manifest; the other ranks need not import it
+
     versions = {"python": sys.version.split()[0], "platform": platform.platform(), "hostname": socket.gethostname()}
     for package in ("dmlcli", "numpy", "scipy", "mpi4py", "click", "rich"):
         try:

@@ -97,7 +97,10 @@ def relaunch(args: list[str], ranks: int, blas_threads: int) -> int:
     elif kind == "hydra":
         command.append("-print-all-exitcodes")  # the banner's PID is not always the rank that died
     command += [sys.executable, "-m", "dmlcli", *args]
+    from dmlcli.runtime.resources import COMMAND_STARTED_VARIABLE, process_started_at
+
     env = dict(os.environ, DMLCLI_STDOUT_TTY="1" if sys.stdout.isatty() else "0")
+    env.setdefault(COMMAND_STARTED_VARIABLE, str(process_started_at() or time.time()))
     for name in THREAD_VARIABLES:
         env.setdefault(name, str(blas_threads))
     if sys.stdout.isatty():

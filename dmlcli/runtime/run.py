@@ -7,9 +7,9 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from dmlcli.algorithms import AsyncAlgorithm, GossipAlgorithm, SharedAlgorithm, SyncAlgorithm
 from dmlcli.comm import Stalled
@@ -20,8 +20,9 @@ from dmlcli.runtime.context import Recorder, RunContext, StopRequest
 from dmlcli.runtime.evaluate import Evaluator
 from dmlcli.runtime.gossip import check_gossip_run, run_gossip
 from dmlcli.runtime.heterogeneity import NO_HETEROGENEITY, Heterogeneity
-from dmlcli.runtime.launch import tell_launcher
+from dmlcli.runtime.launch import THREAD_VARIABLES, tell_launcher
 from dmlcli.runtime.parameter_server import check_server_run, run_async
+from dmlcli.runtime.resources import command_started_at, data_mib, peak_rss_mib
 from dmlcli.runtime.shared_memory import check_shared_run, run_shared
 from dmlcli.runtime.stall import end_stalled
 from dmlcli.runtime.sync import run_sync
@@ -48,11 +49,13 @@ def run_rank(config, transport, summary_stream=None, stop=None) -> int:
     exception propagates: the caller aborts all ranks (see dmlcli.runtime.launch). `stop` is
     rank 0's StopRequest, wired to SIGINT/SIGTERM by the caller.
     """
+    started = _run_started_at()
     if transport.size < 2:
         raise CollectiveUsageError(f"{config.algorithm} needs at least 2 MPI ranks (a server and one worker), got {transport.size}")
     # Overflow on the way to divergence is expected: it is caught, as a non-finite objective, at evaluation.
-    with threadpool_limits(limits=config.blas_threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    with blas_threads_limited(config.blas_threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         ctx, manifest = _start(config, transport, stop or StopRequest())
+        at_round_0 = time.time()
         transport.stall_timeout = config.stall_timeout  # start-up's waits are rank 0 reading data: not a stall
         try:
             with ctx.recorder.progress if ctx.recorder else contextlib.nullcontext():
@@ -64,10 +67,35 @@ def run_rank(config, transport, summary_stream=None, stop=None) -> int:
                 _record_failure_of_worker(ctx, error)
             raise
     # What each worker computed and slept, and how it failed if it left the run: one gather.
-    reports = transport.gather_object((ctx.delays and ctx.delays.totals(), ctx.failure))
+    memory = {"peak_rss_mib": round(peak_rss_mib(), 1), "data_mib": round(data_mib(ctx.shards, ctx.evaluator.test), 3)}
+    reports = transport.gather_object((ctx.delays and ctx.delays.totals(), ctx.failure, memory))
     if transport.rank == 0:
-        _finish(ctx, manifest, model, status, summary_stream, reports)
+        manifest["timing"] = {"command_to_round_0_s": round(at_round_0 - started, 3)}
+        manifest["memory"] = {key: [report[key] for *_, report in reports] for key in memory}
+        _finish(ctx, manifest, model, status, summary_stream, reports, started)
     return 128 + ctx.stop.signum if status == "interrupted" else EXIT_CODES[status]
+
+
+def blas_threads_limited(threads: int):
+    """BLAS libraries limited to `threads` threads for the run. The launcher sets the variables every
+    BLAS reads when it loads; where they already say `threads`, importing threadpoolctl to set the
+    limit again (about 70 ms of CPU per rank before round 0) is skipped."""
+    if all(os.environ.get(name) == str(threads) for name in THREAD_VARIABLES):
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads)
+
+
+_RUNS_IN_THIS_PROCESS = []
+
+
+def _run_started_at() -> float:
+    """Where this run's start-up is counted from: the command for the first run in a process, the
+    end of the previous run for the later runs of a sweep."""
+    started = command_started_at() if not _RUNS_IN_THIS_PROCESS else time.time()
+    _RUNS_IN_THIS_PROCESS.append(started)
+    return started
 
 
 def _train(ctx):
@@ -233,13 +261,13 @@ def _manifest_status(path) -> str | None:
         return None
 
 
-def _finish(ctx, manifest, model, status, summary_stream, reports) -> None:
+def _finish(ctx, manifest, model, status, summary_stream, reports, started: float) -> None:
     config, plan, recorder = ctx.config, ctx.plan, ctx.recorder
     recorder.log.close()
     manifest["heterogeneity"]["worker_steps"] = ctx.worker_steps
     if ctx.heterogeneity:
-        manifest["heterogeneity"]["workers"] = [slept for slept, _ in reports[1:]]  # rank 0 computes no steps
-    failures = [failure for _, failure in reports[1:] if failure]  # the workers' own reports, in rank order
+        manifest["heterogeneity"]["workers"] = [slept for slept, *_ in reports[1:]]  # rank 0 computes no steps
+    failures = [failure for _, failure, _ in reports[1:] if failure]  # the workers' own reports, in rank order
     manifest["failures"] = failures
     failure = ctx.failure or (failures[0] if failures else None)  # why the run ended failed
     if config.save_model:
@@ -250,6 +278,7 @@ def _finish(ctx, manifest, model, status, summary_stream, reports) -> None:
     if ctx.checkpointed is not None:
         manifest["checkpoint"] = {"path": checkpoint.path_of(plan.csv_path), "round": ctx.checkpointed}
     manifest.update(status=status, ended=utc_now(), final=recorder.last_row, reason=reasons.get(status))
+    manifest["timing"]["command_to_end_s"] = round(time.time() - started, 3)  # the summary follows at once
     write_manifest(plan.manifest_path, manifest)
     row = dict(recorder.last_row or {}, algorithm=config.algorithm, status=status, csv=plan.csv_path)
     print_summary([row], stream=summary_stream or sys.stdout)

@@ -11,21 +11,22 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 
 from dmlcli.algorithms import REGISTRY
 from dmlcli.data import agree_index_base, open_source, partition, split_test
 from dmlcli.data.csvfile import CsvSource
 from dmlcli.data.libsvm import LibsvmSource
 from dmlcli.data.partition import parse_scheme
-from dmlcli.data.synthetic import BLOCK_ROWS, parse_synthetic_spec
+from dmlcli.data.synthetic import BLOCK_ROWS, SyntheticSource, parse_synthetic_spec
 from dmlcli.errors import DataError, UsageError
 from dmlcli.problems import LOSSES, Problem, Shard, make_regularizer
 from dmlcli.runtime import heterogeneity
 from dmlcli.runtime.config import RunConfig
+from dmlcli.sparse import issparse, scipy_sparse
 
 SAMPLER_STREAM = 10  # the data module's split and partition streams use tags 1-4
 MEGABYTE = 1e6
+READ_BLOCK_BYTES = 8 * 2**20  # dense rows are read into the shard this much at a time (see load_rows)
 ROW_BYTES = 40  # rank 0's start-up memory per training row: label, encoded label, split and partition indices
 
 
@@ -59,8 +60,10 @@ class WorkerRows:
     test_y: np.ndarray
     first_client: int
     client_sizes: tuple[int, ...]
-    # Rank 0's scanned text sources (training, test), whose row offsets let a worker read only its own
-    # rows' bytes instead of parsing the whole file again; None for the other kinds of data.
+    # Rank 0's scanned sources (training, test) where reusing the scan saves a worker reading all the
+    # data: text files (row offsets: a worker reads only its rows' bytes instead of parsing the whole
+    # file) and synthetic sets (labels: a worker draws only its rows' blocks, not all n rows); None
+    # for the other kinds, whose scan reads only labels.
     scanned: tuple = (None, None)
 
 
@@ -291,7 +294,7 @@ def plan_run(config: RunConfig, workers: int) -> tuple[Plan, list[WorkerRows]]:
         p = np.concatenate([positions[c] for c in mine])
         sizes = tuple(positions[c].size for c in mine)
         rows.append(WorkerRows(train_index[p], train_y[p], test_index[t], test_y[t], int(mine[0]), sizes,
-                               (_if_text(source), _if_text(test_source) if config.test_data else None)))
+                               (_reusable_scan(source), _reusable_scan(test_source) if config.test_data else None)))
     if not info.sparse:
         largest = max(part.train_index.size + part.test_index.size for part in rows)
         check_dense_rows(largest, d_features, f"--data {config.data}")
@@ -303,9 +306,9 @@ def plan_run(config: RunConfig, workers: int) -> tuple[Plan, list[WorkerRows]]:
     return plan, rows
 
 
-def _if_text(source):
-    """The scanned source, if it is a line-oriented file whose scan a worker can reuse."""
-    return source if isinstance(source, (LibsvmSource, CsvSource)) else None
+def _reusable_scan(source):
+    """The scanned source, if a worker reusing its scan reads less (see WorkerRows.scanned)."""
+    return source if isinstance(source, (LibsvmSource, CsvSource, SyntheticSource)) else None
 
 
 def _with_context(convert, where: str):
@@ -335,23 +338,52 @@ class Preprocessor:
     def __init__(self, bound: np.ndarray | None, mean: np.ndarray | None, scale: np.ndarray | None, fit_intercept: bool):
         self.bound, self.mean, self.scale, self.fit_intercept = bound, mean, scale, fit_intercept
 
-    def __call__(self, X):
-        if sp.issparse(X):
+    def __call__(self, X, in_place: bool = False):
+        """X preprocessed. With in_place, dense X is overwritten, and when load_rows left the
+        intercept's column beside it (X is a view of its first d columns) that array is returned."""
+        if issparse(X):
             if self.scale is not None:
                 X = _divide_columns(_divide_columns(X, self.bound), self.scale)
             if self.fit_intercept:
-                X = sp.hstack([X, np.ones((X.shape[0], 1))], format="csr")
+                X = scipy_sparse().hstack([X, np.ones((X.shape[0], 1))], format="csr")
             return X
+        full = _with_spare_column(X) if in_place and self.fit_intercept else None
+        if not in_place:
+            X = np.array(X, dtype=np.float64)
         if self.scale is not None:
-            X = (X / self.bound - self.mean) / self.scale
+            for block in _row_blocks(X):
+                block /= self.bound
+                block -= self.mean
+                block /= self.scale
+        if full is not None:
+            full[:, -1] = 1.0
+            return full
         if self.fit_intercept:
             X = np.hstack([X, np.ones((X.shape[0], 1))])
         return np.ascontiguousarray(X)
 
 
-def _divide_columns(X, divisors: np.ndarray) -> sp.csr_matrix:
+def _with_spare_column(X):
+    """The array X is the first columns of, when that array has exactly one column more (load_rows'
+    room for the intercept), else None."""
+    full = X.base
+    if isinstance(full, np.ndarray) and full.ndim == 2 and full.shape == (X.shape[0], X.shape[1] + 1) \
+            and full.flags.c_contiguous and np.shares_memory(full[:, :-1], X) and full[:, :-1].strides == X.strides:
+        return full
+    return None
+
+
+def _row_blocks(X, block_bytes: int = 4 * 2**20):
+    """Views of X's rows in blocks of about 4 MiB: column statistics and scaling done a block at a
+    time need temporaries of a block, not of the whole shard (the shard is most of a worker's memory)."""
+    rows = max(1, block_bytes // max(1, 8 * X.shape[1]))
+    for start in range(0, X.shape[0], rows):
+        yield X[start:start + rows]
+
+
+def _divide_columns(X, divisors: np.ndarray):
     """A CSR copy of X with column j divided by divisors[j], entry by entry (no reciprocal to overflow)."""
-    X = sp.csr_matrix(X, copy=True)
+    X = scipy_sparse().csr_matrix(X, copy=True)
     X.data /= divisors[X.indices]
     return X
 
@@ -368,19 +400,27 @@ def make_preprocessor(config: RunConfig, X, d: int, sparse: bool, allreduce) -> 
         return Preprocessor(None, None, None, config.fit_intercept)
     bound = np.zeros(d)
     if X is not None and X.shape[0]:
-        bound[:] = np.asarray(abs(X).max(axis=0).todense() if sp.issparse(X) else np.abs(X).max(axis=0)).ravel()
+        if issparse(X):
+            bound[:] = np.asarray(abs(X).max(axis=0).todense()).ravel()
+        else:
+            for block in _row_blocks(X):
+                np.maximum(bound, np.abs(block).max(axis=0), out=bound)
     allreduce(bound, "max")
     bound[bound == 0.0] = 1.0  # an all-zero column stays zero
-    X = None if X is None else (_divide_columns(X, bound) if sp.issparse(X) else X / bound)
     totals = np.zeros(d + 1)  # [Σ x / bound, count]
     if X is not None:
-        totals[:d] = np.asarray(X.sum(axis=0)).ravel()
+        if issparse(X):
+            X = _divide_columns(X, bound)
+            totals[:d] = np.asarray(X.sum(axis=0)).ravel()
+        else:
+            for block in _row_blocks(X):
+                totals[:d] += (block / bound).sum(axis=0)
         totals[d] = X.shape[0]
     allreduce(totals, "sum")
     mean = totals[:d] / totals[d]
     squares = np.zeros(d)  # Σ (x / bound − mean)²
     if X is not None:
-        squares[:] = centred_squares(X, mean)
+        squares[:] = centred_squares(X, mean, None if issparse(X) else bound)  # sparse X is divided already
     allreduce(squares, "sum")
     scale = np.sqrt(squares / totals[d])
     scale[scale == 0.0] = 1.0  # a constant column stays as it is (centred to 0 when dense)
@@ -388,11 +428,17 @@ def make_preprocessor(config: RunConfig, X, d: int, sparse: bool, allreduce) -> 
     return Preprocessor(bound, None if sparse else mean, scale, config.fit_intercept)
 
 
-def centred_squares(X, mean: np.ndarray) -> np.ndarray:
-    """Σ_i (x_ij − mean_j)² per column; for CSR, the stored entries plus mean² for each implicit zero."""
-    if not sp.issparse(X):
-        return ((X - mean) ** 2).sum(axis=0)
-    X = sp.csr_matrix(X)
+def centred_squares(X, mean: np.ndarray, bound: np.ndarray | None = None) -> np.ndarray:
+    """Σ_i (x_ij / bound_j − mean_j)² per column (no bound: x_ij itself); for CSR, the stored entries
+    plus mean² for each implicit zero. Dense rows are taken a block at a time (see _row_blocks)."""
+    if not issparse(X):
+        total = np.zeros(mean.size)
+        for block in _row_blocks(X):
+            centred = block / bound if bound is not None else np.array(block, dtype=np.float64)
+            centred -= mean
+            total += (centred * centred).sum(axis=0)
+        return total
+    X = _divide_columns(X, bound) if bound is not None else scipy_sparse().csr_matrix(X)
     stored = np.bincount(X.indices, weights=(X.data - mean[X.indices]) ** 2, minlength=mean.size)
     zeros = X.shape[0] - np.bincount(X.indices, minlength=mean.size)
     return stored + zeros * mean * mean
@@ -404,19 +450,34 @@ def make_problem(config: RunConfig, plan: Plan) -> Problem:
 
 
 def load_rows(config: RunConfig, plan: Plan, rows: WorkerRows):
-    """(X_train, X_test) for this worker: only its rows of each source are read."""
+    """(source, X_train, X_test) for this worker: only its rows of each source are read. Dense rows
+    are read a block at a time into an array of this rank's own, with a column to spare for the
+    intercept when the model has one (X is then a view of the other columns): make_shards
+    preprocesses it in place, so the shard is never held twice."""
     scanned, scanned_test = rows.scanned
     source = scanned or open_source(config.data, index_base=plan.index_base)
-    X = source.rows(rows.train_index, plan.d_features)
+    X = _read_rows(source, rows.train_index, plan, config.fit_intercept)
     test_source = (scanned_test or open_source(config.test_data, index_base=plan.index_base)) if config.test_data else source
-    X_test = test_source.rows(rows.test_index, plan.d_features) if rows.test_index.size else None
+    X_test = _read_rows(test_source, rows.test_index, plan, config.fit_intercept) if rows.test_index.size else None
     return source, X, X_test
+
+
+def _read_rows(source, index: np.ndarray, plan: Plan, fit_intercept: bool):
+    if plan.sparse:
+        return source.rows(index, plan.d_features)
+    d = plan.d_features
+    full = np.empty((index.size, d + int(fit_intercept)))
+    block = max(1, READ_BLOCK_BYTES // (8 * max(1, d)))
+    for start in range(0, index.size, block):
+        full[start:start + block, :d] = source.rows(index[start:start + block], d)
+    return full[:, :d] if fit_intercept else full
 
 
 def make_shards(config: RunConfig, plan: Plan, rows: WorkerRows, source, X, X_test, prepare: Preprocessor):
     """The worker's client shards (each with its own sampler, seeded by its client number, so one
-    client per worker samples as the worker always did) and its test block, preprocessed."""
-    X = prepare(X)
+    client per worker samples as the worker always did) and its test block, preprocessed (in place:
+    X and X_test are load_rows' arrays)."""
+    X = prepare(X, in_place=True)
     shards, start = [], 0
     for offset, size in enumerate(rows.client_sizes):
         client = rows.first_client + offset
@@ -429,7 +490,7 @@ def make_shards(config: RunConfig, plan: Plan, rows: WorkerRows, source, X, X_te
         block = X if size == X.shape[0] else X[start:start + size]
         shards.append(Shard(block, rows.train_y[start:start + size], rng, draw, client=client))
         start += size
-    test = (prepare(X_test), rows.test_y) if X_test is not None else None
+    test = (prepare(X_test, in_place=True), rows.test_y) if X_test is not None else None
     return shards, test
 
 
@@ -486,6 +547,6 @@ def centralised_problem(config: RunConfig, workers: int = 1):
     preprocessed exactly as the workers preprocess their shards, for the reference solver."""
     plan, rows = plan_run(dataclasses.replace(config, force=True), workers)  # it writes nothing
     blocks = [load_rows(config, plan, part)[1] for part in rows]
-    X = sp.vstack(blocks, format="csr") if plan.sparse else np.vstack(blocks)
+    X = scipy_sparse().vstack(blocks, format="csr") if plan.sparse else np.vstack(blocks)
     prepare = make_preprocessor(config, X, plan.d_features, plan.sparse, allreduce=lambda buf, op: None)
     return make_problem(config, plan), prepare(X), np.concatenate([part.train_y for part in rows])

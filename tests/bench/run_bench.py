@@ -1,116 +1,93 @@
-"""`make bench`: per-round time of `dmlcli train ssgd` against a bare mpi4py loop (bare_ssgd.py)
-doing the same arithmetic, at 2 and 4 workers and d = 100 and 10,000; then updates per second of
-`dmlcli train asgd` against a bare mpi4py parameter server (bare_asgd.py) with 1, 2 and 4 workers
-(2, 3 and 5 ranks on this machine's cores); measured in one run.
+"""`make bench`: every performance figure of dmlcli, each a ratio measured in one run on one machine
+(medians over interleaved repeats), written to BENCHMARKS.md with the machine, date and command.
 
-Both sides run under the same mpiexec on the same synthetic data; each pair is repeated and
-interleaved so machine noise hits both alike, and the table reports medians and their ratio.
+Each section is a module `section_<name>.py` here with a TITLE and `run(bench) -> markdown lines`,
+and can run alone: `make bench SECTION=startup` (or `python tests/bench/run_bench.py --section
+startup`) replaces that section of BENCHMARKS.md and keeps the others.
 """
 
+from __future__ import annotations
+
 import argparse
-import csv
+import importlib
 import os
-import statistics
-import subprocess
+import platform
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
-CASES = [  # (workers, features, rows, rounds): rounds sized for a few seconds per run
-    (2, 100, 4000, 3000),
-    (4, 100, 4000, 3000),
-    (2, 10_000, 2000, 150),
-    (4, 10_000, 2000, 150),
-]
-ASYNC_CASES = [(1, 20_000), (2, 20_000), (4, 20_000)]  # (workers, updates); d = 100, mini-batches of 64
-ASYNC_DATA = "synthetic:n=20000,d=100,seed=1"
-TIMEOUT_S = 600
+sys.path.insert(0, str(HERE))
+
+from common import Bench  # noqa: E402
+
+SECTIONS = ["overhead", "torch", "pyspark", "async", "memory", "startup", "loading", "scaling"]
+TOP = "<!-- machine -->"
 
 
-def run(command: list[str]) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"benchmark command failed ({done.returncode}): {' '.join(command)}\n{done.stderr}")
-    return done.stdout
+def machine() -> str:
+    """The machine the numbers come from, as one line."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "?")
+    except OSError:
+        cpu = platform.processor() or "?"
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        memory = float("nan")
+    from mpi4py import MPI
+
+    library = MPI.Get_library_version().splitlines()[0].strip()
+    return (f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, {library}")
 
 
-def dmlcli_round_s(workers: int, data: str, rounds: int, scratch: str) -> float:
-    out = os.path.join(scratch, f"ssgd-{time.monotonic_ns()}.csv")
-    run([str(BIN / "mpiexec"), "-n", str(workers + 1), str(BIN / "dmlcli"), "train", "ssgd", "--data", data,
-         "--batch-size", "all", "--rounds", str(rounds), "--eval-every", str(rounds), "--test-fraction", "0",
-         "--partition", "contiguous", "--no-standardize", "--lr", "0.1", "--lam", "1e-3", "--progress", "off",
-         "--out", out])
-    with open(out) as handle:
-        last = list(csv.DictReader(handle))[-1]
-    return float(last["wall_s"]) / int(last["round"])
+def render_section(name: str, lines: list[str], seconds: float) -> str:
+    module = importlib.import_module(f"section_{name}")
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    body = "\n".join(lines)
+    return (f"<!-- section:{name} -->\n## {module.TITLE}\n\n"
+            f"Measured {stamp} on {machine()}; `make bench SECTION={name}` ({seconds:.0f} s).\n\n"
+            f"{body}\n<!-- end:{name} -->\n")
 
 
-def bare_round_s(workers: int, data: str, rounds: int) -> float:
-    output = run([str(BIN / "mpiexec"), "-n", str(workers + 1), sys.executable, str(HERE / "bare_ssgd.py"),
-                  "--data", data, "--rounds", str(rounds), "--lr", "0.1", "--lam", "1e-3"])
-    return float(output.strip().splitlines()[-1])
-
-
-def dmlcli_updates_per_s(workers: int, updates: int, scratch: str) -> float:
-    out = os.path.join(scratch, f"asgd-{time.monotonic_ns()}.csv")
-    run([str(BIN / "mpiexec"), "-n", str(workers + 1), str(BIN / "dmlcli"), "train", "asgd", "--data", ASYNC_DATA,
-         "--batch-size", "64", "--rounds", str(updates), "--eval-every", str(updates), "--test-fraction", "0",
-         "--partition", "contiguous", "--no-standardize", "--lr", "0.01", "--lam", "1e-3", "--progress", "off",
-         "--out", out])
-    with open(out) as handle:
-        last = list(csv.DictReader(handle))[-1]
-    return int(last["round"]) / float(last["wall_s"])
-
-
-def bare_updates_per_s(workers: int, updates: int) -> float:
-    output = run([str(BIN / "mpiexec"), "-n", str(workers + 1), sys.executable, str(HERE / "bare_asgd.py"),
-                  "--data", ASYNC_DATA, "--updates", str(updates), "--lr", "0.01", "--lam", "1e-3"])
-    return float(output.strip().splitlines()[-1])
-
-
-def async_table(repeats: int, scratch: str) -> list[str]:
-    lines = ["| workers | ranks | cores | dmlcli updates/s | bare mpi4py updates/s | ratio |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    for workers, updates in ASYNC_CASES:
-        ours, bare = [], []
-        for _ in range(repeats):
-            ours.append(dmlcli_updates_per_s(workers, updates, scratch))
-            bare.append(bare_updates_per_s(workers, updates))
-        mine, base = statistics.median(ours), statistics.median(bare)
-        lines.append(f"| {workers} | {workers + 1} | {os.cpu_count()} | {mine:,.0f} | {base:,.0f} | {mine / base:.3f} |")
-        print(lines[-1], flush=True)
-    return lines
+def merge(existing: str, rendered: dict[str, str]) -> str:
+    """BENCHMARKS.md with the rendered sections replaced (or added in SECTIONS order), the rest kept."""
+    kept = {name: match.group(0) + "\n" for name in SECTIONS
+            for match in [re.search(rf"<!-- section:{name} -->.*?<!-- end:{name} -->", existing, re.S)] if match}
+    kept.update(rendered)
+    head = ("# dmlcli benchmarks\n\nWritten by `make bench` (tests/bench/run_bench.py). Every figure is a ratio or "
+            "a median measured in one run on one machine, with the date and command beside it; absolute times on "
+            "shared machines are noisy, ratios less so.\n\n")
+    return head + "\n".join(kept[name] for name in SECTIONS if name in kept)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="runs/bench.md")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--section", action="append", choices=SECTIONS,
+                        help="run only this section (repeatable); default: all")
+    parser.add_argument("--out", default="BENCHMARKS.md")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small grids: check that the sections run")
     args = parser.parse_args()
-    lines = ["| workers | d | rows | rounds | dmlcli ms/round | bare mpi4py ms/round | ratio |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    with tempfile.TemporaryDirectory() as scratch:
-        for workers, features, rows, rounds in CASES:
-            data = f"synthetic:n={rows},d={features},seed=1"
-            ours, bare = [], []
-            for _ in range(args.repeats):
-                ours.append(dmlcli_round_s(workers, data, rounds, scratch))
-                bare.append(bare_round_s(workers, data, rounds))
-            mine, base = statistics.median(ours), statistics.median(bare)
-            lines.append(f"| {workers} | {features} | {rows} | {rounds} | {mine * 1e3:.4f} | {base * 1e3:.4f} "
-                         f"| {mine / base:.3f} |")
-            print(lines[-1], flush=True)
-        async_lines = async_table(args.repeats, scratch)
-    table = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(f"# ssgd per-round time, dmlcli vs bare mpi4py ({time.strftime('%Y-%m-%d')})\n\n"
-                              + table + "\n# asgd server updates per second, dmlcli vs a bare mpi4py parameter server "
-                              "(d = 100, B = 64)\n\n" + "\n".join(async_lines) + "\n")
-    print(f"\nwritten to {args.out}")
+    names = args.section or SECTIONS
+    out = Path(args.out)
+    rendered = {}
+    with tempfile.TemporaryDirectory(prefix="dmlcli-bench-") as scratch:
+        bench = Bench(scratch=scratch, repeats=1 if args.quick else args.repeats, quick=args.quick)
+        for name in names:
+            module = importlib.import_module(f"section_{name}")
+            print(f"== {module.TITLE}", flush=True)
+            started = time.perf_counter()
+            lines = module.run(bench)
+            rendered[name] = render_section(name, lines, time.perf_counter() - started)
+            print("\n".join(lines), flush=True)
+            # Written after each section, so a long bench that stops keeps what it measured.
+            out.write_text(merge(out.read_text() if out.exists() else "", rendered))
+    print(f"\nwritten to {out}")
 
 
 if __name__ == "__main__":
