@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common import Bench, interleaved, last_row, table
+from common import Bench, last_row, table
 
 TITLE = "3. PySpark model averaging (seed 004) beside dmlcli ma"
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "seed004-ma.toml"
@@ -58,8 +58,9 @@ def run(bench: Bench) -> list[str]:
         return ["skipped: PySpark needs Java (17 or later), on PATH or in JAVA_HOME, and there is none"]
     rounds = QUICK_ROUNDS if bench.quick else ROUNDS
     ours_runs, spark_runs = [], []
-    interleaved(bench.repeats, lambda: ours_runs.append(_dmlcli(bench, rounds)),
-                lambda: spark_runs.append(_spark(bench, "local", rounds)))
+    for _ in range(bench.repeats):  # interleaved; each run's figures are kept, the medians taken per figure below
+        ours_runs.append(_dmlcli(bench, rounds))
+        spark_runs.append(_spark(bench, "local", rounds))
     ours, spark = _median_run(ours_runs), _median_run(spark_runs)
     try:
         seed_plan = _spark(bench, "seed", QUICK_SEED_PLAN_ROUNDS if bench.quick else ROUNDS, SEED_PLAN_TIME_LIMIT_S)
