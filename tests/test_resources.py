@@ -59,7 +59,7 @@ def test_data_bytes_count_dense_rows_and_the_three_arrays_of_csr():
 
 def test_the_manifest_has_start_up_and_every_ranks_memory(config, monkeypatch):
     n, d = 400, 6
-    monkeypatch.setattr(run, "_RUNS_IN_THIS_PROCESS", [])  # this is the process's first run
+    monkeypatch.setattr(run, "_first_run_in_process", True)  # this is the process's first run
     monkeypatch.setenv(resources.COMMAND_STARTED_VARIABLE, str(time.time() - 50))
     cfg = config("ssgd", rounds=5, data=f"synthetic:n={n},d={d},seed=3")
     assert run_local(cfg, workers=3) == 0

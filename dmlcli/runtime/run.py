@@ -87,15 +87,17 @@ def blas_threads_limited(threads: int):
     return threadpool_limits(limits=threads)
 
 
-_RUNS_IN_THIS_PROCESS = []
+_first_run_in_process = True
 
 
 def _run_started_at() -> float:
     """Where this run's start-up is counted from: the command for the first run in a process, the
     end of the previous run for the later runs of a sweep."""
-    started = command_started_at() if not _RUNS_IN_THIS_PROCESS else time.time()
-    _RUNS_IN_THIS_PROCESS.append(started)
-    return started
+    global _first_run_in_process
+    if _first_run_in_process:
+        _first_run_in_process = False
+        return command_started_at()
+    return time.time()
 
 
 def _train(ctx):

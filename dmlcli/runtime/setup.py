@@ -368,7 +368,7 @@ def _with_spare_column(X):
     room for the intercept), else None."""
     full = X.base
     if isinstance(full, np.ndarray) and full.ndim == 2 and full.shape == (X.shape[0], X.shape[1] + 1) \
-            and full.flags.c_contiguous and np.shares_memory(full[:, :-1], X) and full[:, :-1].strides == X.strides:
+            and full.flags.c_contiguous and full.ctypes.data == X.ctypes.data and full.strides == X.strides:
         return full
     return None
 
@@ -376,9 +376,14 @@ def _with_spare_column(X):
 def _row_blocks(X, block_bytes: int = 4 * 2**20):
     """Views of X's rows in blocks of about 4 MiB: column statistics and scaling done a block at a
     time need temporaries of a block, not of the whole shard (the shard is most of a worker's memory)."""
-    rows = max(1, block_bytes // max(1, 8 * X.shape[1]))
+    rows = _rows_per_block(X.shape[1], block_bytes)
     for start in range(0, X.shape[0], rows):
         yield X[start:start + rows]
+
+
+def _rows_per_block(columns: int, block_bytes: int) -> int:
+    """Rows of float64 `columns` wide that fit in block_bytes (at least one)."""
+    return max(1, block_bytes // (8 * max(1, columns)))
 
 
 def _divide_columns(X, divisors: np.ndarray):
@@ -467,7 +472,7 @@ def _read_rows(source, index: np.ndarray, plan: Plan, fit_intercept: bool):
         return source.rows(index, plan.d_features)
     d = plan.d_features
     full = np.empty((index.size, d + int(fit_intercept)))
-    block = max(1, READ_BLOCK_BYTES // (8 * max(1, d)))
+    block = _rows_per_block(d, READ_BLOCK_BYTES)
     for start in range(0, index.size, block):
         full[start:start + block, :d] = source.rows(index[start:start + block], d)
     return full[:, :d] if fit_intercept else full
