@@ -55,7 +55,10 @@ def test_the_server_answers_only_the_pulls(config):
 
 
 def test_several_workers_reach_the_reference(config):
-    run = config("asgd", {"push_every": 2, "pull_every": 4}, batch_size=16, lam=0.01, rounds=1500)
+    # Threads interleave differently run to run, so the end point is one draw from constant-step SGD's
+    # noise ball. Measured over 40 runs: batch 16 gave gaps of 0.13–1.35 % (mean 0.45 %, past the bound
+    # about once in 25), batch 64 0.03–0.39 % (mean 0.11 %).
+    run = config("asgd", {"push_every": 2, "pull_every": 4}, batch_size=64, lam=0.01, rounds=1500)
     assert run_local(run, workers=3) == 0
     rows = read_csv(run.out)
     optimum = reference_objective(run)
