@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[mpi,test]'
+	# Byte-compiled as a regular pip install would be: under PYTHONDONTWRITEBYTECODE every rank would
+	# otherwise compile dmlcli's modules again on every run (about 0.35 s of a 4-worker start-up).
+	$(BIN)/python -m compileall -q dmlcli
 	touch $(STAMP)
 
 # ssgd on builtin breast_cancer, 4 workers; dmlcli starts MPI itself (no mpirun).

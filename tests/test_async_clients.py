@@ -102,3 +102,25 @@ def test_one_client_per_worker_given_explicitly_is_the_default_run(config):
 def test_what_the_server_cannot_do_with_clients_is_refused(config, algorithm, params, fragment):
     with pytest.raises(UsageError, match=fragment):
         run_local(config(algorithm, params, clients=6), workers=3)
+
+
+def test_workers_gather_each_clients_next_batch_while_they_wait_and_the_run_is_the_same(config, monkeypatch):
+    """A worker prefetches its next client's mini-batch before waiting for the model (Shard.prefetch):
+    nearly every batch is handed over prefetched, and the run is the one without prefetching."""
+    from dmlcli.problems import Shard
+
+    batches, ready = [], []
+    batch = Shard.batch
+
+    def counted(shard, size):
+        batches.append(shard.client)
+        ready.append(shard._prefetched is not None)
+        return batch(shard, size)
+
+    monkeypatch.setattr(Shard, "batch", counted)
+    runs = [config("asgd", clients=2, batch_size=8, lam=0.01, rounds=300, eval_every=30) for _ in range(2)]
+    assert run_local(runs[0], workers=1) == 0
+    assert batches[:4] == [0, 1, 0, 1] and sum(ready) >= 0.9 * len(ready)
+    monkeypatch.setattr(Shard, "prefetch", lambda shard, size: None)
+    assert run_local(runs[1], workers=1) == 0
+    np.testing.assert_array_equal(objectives(runs[1].out), objectives(runs[0].out))

@@ -88,6 +88,48 @@ def test_divergence_exits_3(tmp_path):
     assert "Warning" not in done.stderr
 
 
+def test_an_overlapped_run_that_diverges_ends_with_its_reductions_freed(tmp_path):
+    """--overlap ends at a divergence with the next round's reduction started (the exchange completes
+    it before freeing it, as MPI requires; MPICH happens to tolerate either): exit 3, no hang, and
+    no warning about requests left behind."""
+    done = dmlcli_mpi(3, "train", "ssgd", "--overlap", "--loss", "squared", "--lr", "1e300", "--rounds", "300",
+                      "--eval-every", "5", "--progress", "off", "--out", str(tmp_path / "div.csv"))
+    assert done.returncode == 3, done.stderr
+    assert "request" not in done.stderr  # MPICH: "freeing inactive persistent request" at exit
+
+
+PERSISTENT_REDUCTION = """
+import numpy as np
+from mpi4py import MPI
+from dmlcli.comm.mpi import MPITransport
+transport = MPITransport()
+buffers = (np.zeros(3), np.zeros(3))
+reductions = [transport.allreduce_init(buf) for buf in buffers]
+for round_ in range(50):
+    buf = buffers[round_ % 2]
+    buf[:] = [transport.rank, round_, 1.0]
+    request = reductions[round_ % 2].start()
+    transport.complete(request)
+    assert list(buf) == [sum(range(transport.size)), round_ * transport.size, transport.size], (round_, buf)
+kinds = {type(reduction.request).__name__ for reduction in reductions}
+for reduction in reductions:
+    reduction.free()
+if transport.rank == 0:
+    print(*sorted(kinds))
+"""
+
+
+def test_a_persistent_reduction_sums_every_round_into_its_buffer():
+    """Two buffers, each with its reduction set up once and started on alternate rounds (as the
+    synchronous loop's exchanges do): each round's sum lands in that round's buffer, through
+    MPI-4's persistent requests (Prequest) under the bundled MPICH."""
+    done = subprocess.run([str(BIN / "mpiexec"), "-n", "3", str(BIN / "python"), "-c", PERSISTENT_REDUCTION],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["Prequest"]
+    assert done.stderr == ""
+
+
 def test_one_rank_under_mpirun_is_a_usage_error(tmp_path):
     done = dmlcli_mpi(1, "train", "ssgd", "--out", str(tmp_path / "x.csv"))
     assert done.returncode == 2
@@ -209,6 +251,7 @@ def test_mpiexec_gives_the_in_process_csv(tmp_path, algorithm, params):
     # and line search carry that further, 3e-12 measured)
     np.testing.assert_allclose(objectives(out), objectives(local.out), rtol=1e-10)
     assert [row["bytes_sent"] for row in mpi] == [row["bytes_sent"] for row in local_rows]
+    assert "request" not in done.stderr  # every persistent reduction freed (MPICH warns at exit otherwise)
 
 
 @pytest.mark.parametrize("algorithm", ["ssgd", "asgd"])
@@ -227,3 +270,35 @@ def test_a_worker_crash_leaves_a_failed_manifest_naming_it_and_the_rows_before(t
         assert rounds == [0, 10, 20, 30, 40]  # the crash comes at the start of round 50
     else:  # about 3 × 50 updates had been applied when rank 2's 50th step failed
         assert rounds[:-1] == list(range(0, 10 * len(rounds) - 10, 10)) and 50 <= rounds[-1] < 200
+
+
+WAIT_POLICY = """
+import numpy as np
+from mpi4py import MPI
+from dmlcli.comm import mpi
+yields = []
+
+def poll_until(test, yield_s=0.0, timeout=None):  # records how long the wait would yield, then says done
+    yields.append(yield_s)
+    return (0,)
+
+mpi.poll_until = poll_until
+for cores in (64, 0):  # a core for each rank, then ranks outnumbering cores
+    mpi.usable_cores = lambda: cores
+    transport = mpi.MPITransport(MPI.COMM_SELF)
+    assert transport.oversubscribed == (cores == 0)
+    for wait in (transport.wait, lambda request: transport.waitany([None, request])):
+        request = transport.irecv(np.empty(1), 0, tag=7)  # nothing is sent: the wait has to poll
+        wait(request)
+        request.Cancel()
+print(*yields)
+"""
+
+
+def test_the_server_yields_while_it_waits_for_payloads_and_workers_sleep_when_ranks_outnumber_cores():
+    """comm.polling's choice: a single wait (a worker's for its reply) yields first only where every rank
+    has a core; waitany (the server's for any payload) always does."""
+    done = subprocess.run([str(BIN / "python"), "-c", WAIT_POLICY], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    from dmlcli.comm.polling import YIELD_S
+    assert [float(value) for value in done.stdout.split()] == [YIELD_S, YIELD_S, 0.0, YIELD_S]

@@ -98,3 +98,61 @@ def test_standardisation_keeps_the_digits_of_a_feature_with_a_large_mean():
     sparse = sp.csr_matrix(X * (rng.random((500, 2)) < 0.3))
     scaled = make_preprocessor(make_config("ssgd"), sparse, 2, sparse=True, allreduce=lambda buf, op: None)(sparse)
     np.testing.assert_allclose(scaled[:, :2].toarray().std(axis=0), 1.0, rtol=1e-9)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "column view", "csr"])
+def test_shard_batches_are_the_rows_of_each_epochs_permutation(layout):
+    """Dense rows are gathered with take (faster than X[rows]): the same rows, as a C-ordered copy
+    (a different layout would change the BLAS products' rounding), for any layout of the shard."""
+    full = np.random.default_rng(1).normal(size=(10, 4))
+    X = {"C": full, "F": np.asfortranarray(full), "column view": full[:, :3], "csr": sp.csr_matrix(full)}[layout]
+    y = np.arange(10.0)
+    shard = Shard(X, y, np.random.default_rng(0))
+    expected_rng = np.random.default_rng(0)
+    for _ in range(3):  # epochs of 8 rows: the last 2 of each permutation are never drawn
+        order = expected_rng.permutation(10)
+        for rows in (order[:4], order[4:8]):
+            X_b, y_b = shard.batch(4)
+            np.testing.assert_array_equal(y_b, y[rows])
+            if layout == "csr":
+                np.testing.assert_array_equal(X_b.toarray(), X[rows].toarray())
+            else:
+                np.testing.assert_array_equal(X_b, X[rows])
+                assert X_b.flags.c_contiguous and not np.shares_memory(X_b, X)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_prefetched_batches_are_the_batches_drawn_without_it(sparse):
+    """prefetch gathers the next batch ahead (the parameter server's workers, while they wait) and
+    batch hands it over; whatever comes between (another size, a full batch, an epoch's end, a
+    restored sampler) the batches, the stream and the position are those of a shard never prefetched."""
+    from dmlcli.runtime.checkpoint import restore_sampler, sampler_state
+
+    full = np.random.default_rng(1).normal(size=(10, 3))
+    X = sp.csr_matrix(full) if sparse else full
+    plain, ahead = (Shard(X, np.arange(10.0), np.random.default_rng(0)) for _ in range(2))
+    gathers = []
+    gather = ahead._gather
+    ahead._gather = lambda rows: gathers.append(rows.size) or gather(rows)
+
+    def same_batch(size):
+        for a, b in zip(plain.batch(size), ahead.batch(size)):
+            np.testing.assert_array_equal(a.toarray() if sp.issparse(a) else a, b.toarray() if sp.issparse(b) else b)
+
+    # (size prefetched, size drawn) over 10 rows; a fresh permutation at steps 1, 4, 9 and 11
+    steps = [(3, 3), (3, 3), (3, 3), (3, 3), (4, 3), (None, 2), (2, None), (2, 2), (5, 5), (5, 5), (5, 5)]
+    for step, (prefetched, drawn) in enumerate(steps, 1):
+        ahead.prefetch(prefetched)
+        same_batch(drawn)
+        assert ahead._cursor == plain._cursor
+        if step == 9:
+            at_step_9 = sampler_state(plain)
+    assert ahead.rng.bit_generator.state == plain.rng.bit_generator.state
+    # Steps 2, 3, 8 and 10 took their prefetched rows; step 5's prefetch (another size) was wasted.
+    assert len(gathers) == len(steps) + 1
+    # A sampler restored to the same position in another permutation does not take the prefetched rows.
+    ahead.prefetch(5)
+    assert ahead._cursor == at_step_9["cursor"] == 5
+    for shard in (plain, ahead):
+        restore_sampler(shard, {**at_step_9, "order": at_step_9["order"].copy()})
+    same_batch(5)

@@ -5,10 +5,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dmlcli.algorithms.base import NON_NEGATIVE_INT, AlgorithmSpec, AsyncAlgorithm, Outcome, Param
+from dmlcli.algorithms.base import APPLIED, NON_NEGATIVE_INT, AlgorithmSpec, AsyncAlgorithm, Outcome, Param
 from dmlcli.errors import UsageError
 
 DEFAULT_BOUND = 3
+# A gradient applied within a clock; made once, as APPLIED is: an Outcome made per update was 0.6 µs of
+# the server's 3.9 µs server_update (d = 101).
+WITHIN_CLOCK = Outcome()
 
 
 @dataclass
@@ -77,7 +80,7 @@ def ssp(problem, settings, staleness_bound=DEFAULT_BOUND):
         if advanced:
             state.w = model(state)
             state.pending = 0.0
-        return state, Outcome(advanced=advanced)
+        return state, APPLIED if advanced else WITHIN_CLOCK
 
     def may_start(state, client):
         """The client may start its next step: its clock is at most s ahead of the slowest."""

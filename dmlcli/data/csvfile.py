@@ -6,12 +6,16 @@ Blank lines are skipped; there is no quoting, as every data field must be a numb
 it are allowed).
 
 Text is parsed a block of lines at a time: a block whose bytes are all digits, signs, points,
-exponents, commas, spaces and line breaks, with the same number of commas on every line, goes to
-numpy.loadtxt (C, and the same correctly rounded conversion as float()); any other block (blank
-lines, a fault) is parsed line by line, which names the fault and its line. On a 7.5 MB file
-(10,000 rows × 100 features) a scan and a read of every row took 0.86 s of CPU line by line and
-0.44 s in blocks; numpy.loadtxt reads it in 0.18 s, once, where the scan and the rows read it twice
-(2-core development machine, shared with other jobs, 2026-11-24).
+exponents, commas, spaces and line breaks, with the same number of commas on every line, is converted
+in bulk; any other block (blank lines, a fault) is parsed line by line, which names the fault and its
+line. Without spaces or tabs, the bulk path splits the block at commas and line breaks and converts the
+fields with `plain_decimals` (numpy, float()'s numbers bit for bit); with them, numpy.loadtxt does (C,
+and the same correctly rounded conversion as float()). The scan checks every field but converts only the
+label column. Either way a scan and a read of the rows read the text twice, where numpy.loadtxt reads it
+once: on the 75 MB file of issue 8 (100,000 rows × 100 features, no spaces) the block parses of both
+took 0.76 s of CPU against 2.0 s through numpy.loadtxt, measured in turn on the same blocks (2-core
+development machine, shared with other jobs, 2026-11-24); the whole read against numpy.loadtxt's is in
+BENCHMARKS.md, section 7.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 
 from dmlcli.data.messages import shown_list
 from dmlcli.data.source import DatasetInfo, DataSource
-from dmlcli.data.textfile import PLAIN_NUMBER, line_blocks, line_content, parse_number, row_texts
+from dmlcli.data.textfile import PLAIN_NUMBER, finite_plain_decimals, line_blocks, line_content, parse_number, plain_decimals, row_texts
 from dmlcli.errors import DataError
 
 LABEL_NAMES = ("label", "y", "target", "class")
@@ -102,18 +106,28 @@ def parse_csv_fields(content: bytes, where: str, width: int) -> np.ndarray | Non
 
 
 _PLAIN_BYTES = b"0123456789.+-eE, \t\r\n"
+# Blocks of only these are split at commas and line breaks and converted by plain_decimals; blocks with
+# spaces or tabs around fields go to numpy.loadtxt.
+_UNSPACED_BYTES = b"0123456789.+-eE,\r\n"
 _NEWLINE, _RETURN, _COMMA = ord("\n"), ord("\r"), ord(",")
 
 
-def parse_csv_block(block: bytes, width: int, where: Callable[[int], str]) -> tuple[np.ndarray, np.ndarray, int]:
+def parse_csv_block(block: bytes, width: int, where: Callable[[int], str],
+                    column: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """(byte offset of each data row's line, the rows' numbers as rows × width, end of the last row's line)
-    for a block of whole lines; `where(i)` names line i of the block (from 0) in an error message."""
-    return parse_plain_csv_block(block, width) or parse_csv_block_by_line(block, width, where)
+    for a block of whole lines; `where(i)` names line i of the block (from 0) in an error message. With
+    `column`, every field is checked as ever but the numbers are only that column's (rows × 1)."""
+    parsed = parse_plain_csv_block(block, width, column)
+    if parsed is not None:
+        return parsed
+    starts, numbers, end = parse_csv_block_by_line(block, width, where)
+    return starts, numbers if column is None else numbers[:, [column]], end
 
 
-def parse_plain_csv_block(block: bytes, width: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+def parse_plain_csv_block(block: bytes, width: int, column: int | None = None) -> tuple[np.ndarray, np.ndarray, int] | None:
     """parse_csv_block for a block of plain data lines only (see the module docstring); None for any other."""
-    if not block or block.translate(None, _PLAIN_BYTES):
+    unspaced = bool(block) and not block.translate(None, _UNSPACED_BYTES)
+    if not block or not unspaced and block.translate(None, _PLAIN_BYTES):
         return None
     text = np.frombuffer(block, dtype=np.uint8)
     returns = np.flatnonzero(text == _RETURN)
@@ -123,6 +137,9 @@ def parse_plain_csv_block(block: bytes, width: int) -> tuple[np.ndarray, np.ndar
     line_starts = np.concatenate(([0], breaks + 1))
     if line_starts[-1] == len(block):
         line_starts = line_starts[:-1]
+    if unspaced:
+        numbers = _unspaced_fields(block, text, line_starts.size, width, column)
+        return None if numbers is None else (line_starts, numbers, len(block))
     commas = np.bincount(np.searchsorted(breaks, np.flatnonzero(text == _COMMA)), minlength=line_starts.size)
     if np.any(commas != width - 1):
         return None
@@ -133,7 +150,30 @@ def parse_plain_csv_block(block: bytes, width: int) -> tuple[np.ndarray, np.ndar
         return None
     if numbers.shape != (line_starts.size, width) or not np.isfinite(numbers).all():
         return None
-    return line_starts, numbers, len(block)  # every line is a data row
+    return line_starts, numbers if column is None else numbers[:, [column]], len(block)  # every line is a data row
+
+
+def _unspaced_fields(block: bytes, text: np.ndarray, lines: int, width: int, column: int | None) -> np.ndarray | None:
+    """The numbers (lines × width, or lines × 1 of `column`) of a block of `lines` lines without spaces, all
+    finite (see plain_decimals), or None if some line has another number of fields or a field is not a finite
+    plain number. Fields end at a comma, at their line's CR LF or LF, or at the block's end; every carriage
+    return is known to end a line."""
+    separators = np.flatnonzero((text == _COMMA) | (text == _NEWLINE))
+    at_newline = text[separators] == _NEWLINE
+    line_ends_expected = at_newline[width - 1::width]  # each line's break follows its width - 1 commas
+    if (separators.size + (text[-1] != _NEWLINE) != lines * width or not line_ends_expected.all()
+            or np.count_nonzero(at_newline) != line_ends_expected.size):
+        return None  # some line has more or fewer than `width` fields
+    ends = separators - (at_newline & (text[separators - 1] == _RETURN))
+    if text[-1] != _NEWLINE:
+        ends = np.append(ends, text.size)
+    starts = np.concatenate(([0], separators[:ends.size - 1] + 1))
+    if column is None:
+        numbers = plain_decimals(block, starts, ends)
+        return None if numbers is None or not np.isfinite(numbers).all() else numbers.reshape(lines, width)
+    if not finite_plain_decimals(block, starts, ends):
+        return None
+    return plain_decimals(block, starts[column::width], ends[column::width]).reshape(lines, 1)
 
 
 def parse_csv_block_by_line(block: bytes, width: int,
@@ -174,9 +214,10 @@ class CsvSource(DataSource):
             if not self._width:
                 continue  # only blank lines so far
             row_starts, numbers, row_end = parse_csv_block(block, self._width,
-                                                           lambda line, first=first_line: f"{self.name}:{first + line}")
+                                                           lambda line, first=first_line: f"{self.name}:{first + line}",
+                                                           column=self._label_column)
             if row_starts.size:
-                labels.append(numbers[:, self._label_column])
+                labels.append(numbers[:, 0])
                 starts.append(row_starts + offset)
                 end = offset + row_end
         if not labels:
@@ -210,7 +251,7 @@ class CsvSource(DataSource):
 
     def _read_sorted(self, rows: np.ndarray, width: int) -> np.ndarray:
         features = np.empty((rows.size, width), dtype=np.float64)
-        feature_columns = np.delete(np.arange(self._width), self._label_column)
+        label = self._label_column
         done = 0
         for count, text in row_texts(self.name, self._offsets, rows):
             where = f"{self.name} (data rows {rows[done]}-{rows[done + count - 1]})"
@@ -219,6 +260,8 @@ class CsvSource(DataSource):
             if numbers.shape[0] != count:
                 raise DataError(f"{self.name} changed since it was scanned: expected {count} data rows "
                                 f"at byte {int(self._offsets[rows[done]])}, found {numbers.shape[0]}")
-            features[done:done + count] = numbers[:, feature_columns]
+            # The columns either side of the label's, copied as two slices: no temporary of the block's size.
+            features[done:done + count, :label] = numbers[:, :label]
+            features[done:done + count, label:] = numbers[:, label + 1:]
             done += count
         return features

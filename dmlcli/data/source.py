@@ -2,7 +2,8 @@
 
 A source is scanned once (labels, shape, validation) and then asked for the features of arbitrary
 row subsets. Subclasses only implement `_scan` and `_read_sorted`, which reads rows given as a
-sorted array without repeats; the base class validates the request and restores the caller's order.
+sorted array without repeats; the base class validates the request and restores the caller's order
+(`_read_in_order`, which a source able to read rows in any order overrides).
 """
 
 from __future__ import annotations
@@ -66,11 +67,7 @@ class DataSource:
         width = self._checked_width(info, d)
         if wanted.size == 0:
             return empty_rows(width, info.sparse)
-        unique, inverse = np.unique(wanted, return_inverse=True)
-        sorted_rows = self._read_sorted(unique, width)
-        if unique.size == wanted.size and np.array_equal(unique, wanted):
-            return sorted_rows
-        return sorted_rows[inverse]
+        return self._read_in_order(wanted, width)
 
     def draw(self, rng: np.random.Generator, m: int):
         """Fresh samples from the generating distribution; only online synthetic sources have one."""
@@ -89,6 +86,15 @@ class DataSource:
 
     def _scan(self) -> DatasetInfo:
         raise NotImplementedError
+
+    def _read_in_order(self, wanted: np.ndarray, width: int):
+        """Features of `wanted` (in range, any order, repeats allowed, not empty), in that order: the sorted
+        distinct rows read once, then put in order (a copy, unless they already were). A source that can
+        place rows where they belong as it reads them overrides this."""
+        if np.all(wanted[1:] > wanted[:-1]):  # sorted without repeats already (all rows, contiguous parts)
+            return self._read_sorted(wanted, width)
+        unique, inverse = np.unique(wanted, return_inverse=True)
+        return self._read_sorted(unique, width)[inverse]
 
     def _read_sorted(self, rows: np.ndarray, width: int):
         """Features of `rows` (sorted ascending, no repeats, in range, not empty) with `width` columns."""

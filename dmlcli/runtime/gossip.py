@@ -272,6 +272,7 @@ def run_gossip(ctx, algorithm) -> tuple[np.ndarray, str]:
     going_on = config.on_failure == "continue" and algorithm.message_size == d
     received = [np.empty(algorithm.message_size) for _ in range(topology.max_degree)]
     flag = np.zeros(1 + nodes if going_on else 1)  # [stop, f_1 … f_K with continue]
+    flag_reduction = transport.allreduce_init(flag)  # set up once, started every round
     failed_at = np.zeros(nodes)  # the round each node failed in (0: alive), as every rank knows it
     failed_in = 0  # the round this worker failed in (it knows at once, the others from the next reduction)
     alive = nodes  # nodes taking part: the divisor of x̄ and the consensus distance
@@ -338,6 +339,7 @@ def run_gossip(ctx, algorithm) -> tuple[np.ndarray, str]:
         return is_finite(metrics)
 
     def finish(status: str) -> tuple[np.ndarray, str]:
+        flag_reduction.free()  # every round completed its flag's reduction before it could end
         if ctx.rank == 0:  # each node's rounds taken part: a failed one completed the steps before its failure
             ctx.worker_steps = [int(at) - 1 if at else counters.round for at in failed_at]
         return mean, status
@@ -352,7 +354,7 @@ def run_gossip(ctx, algorithm) -> tuple[np.ndarray, str]:
         flag[0] = float(ctx.rank == 0 and ctx.should_stop(watch))
         if going_on and node >= 0:
             flag[1 + node] = failed_in  # the others' slots are 0 here: the sum is every node's failure round
-        request = transport.iallreduce(flag)
+        request = flag_reduction.start()
         if taking_part:
             started = time.perf_counter() if me is not None else 0.0
             if going_on:

@@ -54,13 +54,15 @@ class ClientSampler:
 class SumExchange:
     """One phase's Allreduce: the clients' messages summed into a buffer whose last slot carries
     rank 0's stop flag (so the time limit costs no extra message). Two buffers alternate, so an
-    overlapped round can fill one while the other is still being reduced."""
+    overlapped round can fill one while the other is still being reduced; each has its reduction
+    set up once (a persistent Allreduce under MPI) and started every round it is sent."""
 
     compressed = False
 
     def __init__(self, transport, size: int):
         self.transport = transport
         self.buffers = (np.zeros(size + 1), np.zeros(size + 1))
+        self.reductions = tuple(transport.allreduce_init(buf) for buf in self.buffers)
         self.filling, self.sending, self.request = 0, 1, None
         self.empty = True  # no message in the filling buffer yet this round
 
@@ -89,14 +91,24 @@ class SumExchange:
         if self.empty:  # rank 0, or a worker whose clients all sat the round out
             buf[:-1] = 0.0
         buf[-1] = float(stop_flag)
-        self.request = self.transport.iallreduce(buf)
+        self.request = self.reductions[self.sending].start()
         sent = buf.nbytes * self.transport.size
         return sent, sent
 
     def finish(self, weights) -> tuple[np.ndarray, bool]:
         self.transport.complete(self.request)
+        self.request = None
         buf = self.buffers[self.sending]
         return buf[:-1], bool(buf[-1] > 0)
+
+    def close(self) -> None:
+        """After the last round: complete a reduction still running (an overlapped run that
+        diverged), since MPI may not free an active collective, then release the reductions."""
+        if self.request is not None:
+            self.transport.complete(self.request)
+            self.request = None
+        for reduction in self.reductions:
+            reduction.free()
 
 
 class PayloadExchange:
@@ -152,6 +164,9 @@ class PayloadExchange:
         for payload, weight in zip(self.messages, weights):
             summed += weight * self.compressor.decode(payload, self.size)
         return summed, self.stop
+
+    def close(self) -> None:
+        pass
 
 
 def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
@@ -220,6 +235,8 @@ def run_sync(ctx, algorithm) -> tuple[np.ndarray, str]:
         counters.messages += transport.size * (2 if exchange.compressed else 1)
 
     def finish(status: str) -> tuple[np.ndarray, str]:
+        for exchange in exchanges:
+            exchange.close()
         if ctx.rank == 0:
             ctx.worker_steps = (worker_steps if worker_steps is not None else np.full(ctx.workers, counters.round)).tolist()
         return model(), status

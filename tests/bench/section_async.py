@@ -5,7 +5,10 @@ bare_asgd.py and bare_ssp.py, which do the same arithmetic (same data, shards, s
 clock bound) with MPI's own blocking waits and nothing else. One worker gives as many ranks as the
 development machine has cores (2); 2, 4 and 8 workers outnumber them, where how a rank waits decides
 who gets a core. With one worker both algorithms are sequential, and every repeat checks that
-dmlcli's final model is the bare loop's to rounding: the baseline does the same arithmetic.
+dmlcli's final model is the bare loop's to rounding: the baseline does the same arithmetic. What the
+bare loops do not do: dmlcli's workers gather their next mini-batch while they wait for the model
+(Shard.prefetch), and its server yields the core while it waits for a payload where the bare one
+spins in MPI's blocking wait (comm.polling).
 """
 
 from __future__ import annotations

@@ -9,12 +9,16 @@ the Allreduce with zeros), as a user of each would run them. The data are a dens
 here (x ~ N(0, I), labels the sign of a random linear model plus noise), because dmlcli's `synthetic:`
 data draw 1,024-row blocks whatever n is (10⁹ numbers a rank at d = 10⁶); both sides read only their rows of
 it. Rows are chosen so that each run trains for a few seconds and d = 10⁶ stays small (32 rows, 256 MB).
+Beside each pair, the arithmetic floor (arithmetic_floor.py): the rounds' arithmetic alone, on every
+row in one process, spread over the cores, which bounds how much faster than torch any implementation
+of this loop could be where the arithmetic, not the communication, fills a round.
 torch is an optional extra (`pip install -e '.[bench]'`); without it the section says so and is skipped.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from functools import partial
 
@@ -60,6 +64,14 @@ def _torch_round_s(bench: Bench, workers: int, data: str, rounds: int, model: st
     return float(output.strip().splitlines()[-1])
 
 
+def _arithmetic_floor_s(bench: Bench, workers: int, data: str, rounds: int) -> float:
+    """The least a round can take with `workers` workers on this machine's cores: one process's
+    time for the whole set's arithmetic (arithmetic_floor.py), spread evenly over the cores in use."""
+    output = bench.run([sys.executable, bench.script("arithmetic_floor.py"), "--data", data, "--rounds", str(rounds),
+                        "--lr", str(LR), "--lam", str(LAM)])
+    return float(output.strip().splitlines()[-1]) / min(workers, os.cpu_count() or 1)
+
+
 def _relative_difference(path_a: str, path_b: str) -> float:
     a, b = np.load(path_a), np.load(path_b)
     return float(np.abs(a - b).max() / max(np.abs(a).max(), np.finfo(float).tiny))
@@ -76,15 +88,17 @@ def run(bench: Bench) -> list[str]:
         data = data_files[(features, n)]
         ours_model, torch_model = (bench.out_path(side).removesuffix(".csv") + ".npy"
                                    for side in ("dmlcli-model", "torch-model"))
-        ours, theirs = interleaved(bench.repeats, partial(_dmlcli_round_s, bench, workers, data, rounds, ours_model),
-                                   partial(_torch_round_s, bench, workers, data, rounds, torch_model))
+        ours, theirs, floor = interleaved(
+            bench.repeats, partial(_dmlcli_round_s, bench, workers, data, rounds, ours_model),
+            partial(_torch_round_s, bench, workers, data, rounds, torch_model),
+            partial(_arithmetic_floor_s, bench, workers, data, rounds))
         difference = _relative_difference(ours_model, torch_model)
         if difference > MODEL_RTOL:
             raise SystemExit(f"torch and dmlcli ended on different models ({workers} workers, d = {features}): "
                              f"largest difference {difference:.2e} of the largest weight")
         worst = max(worst, difference)
         rows.append([workers, f"{features:,}", f"{n:,}", rounds, f"{ours * 1e3:.3f}", f"{theirs * 1e3:.3f}",
-                     f"{theirs / ours:.2f}"])
+                     f"{theirs / ours:.2f}", f"{floor * 1e3:.3f}", f"{theirs / floor:.2f}"])
         print("  " + " | ".join(map(str, rows[-1])), flush=True)
     import torch
 
@@ -95,6 +109,10 @@ def run(bench: Bench) -> list[str]:
              "all_reduce a round, `torch.set_num_threads(1)`, K processes on localhost). Per round: dmlcli's training "
              "time (`wall_s` of its last CSV row, evaluation excluded) over its rounds; torch's loop time on process 0 "
              f"after a barrier, over its rounds. Medians of {bench.repeats} interleaved runs. Each pair ended on the "
-             f"same model (largest difference {worst:.1e} of the largest weight). Ratios above 1: torch is slower.", ""]
-    header = ["workers", "d", "rows", "rounds", "dmlcli ms/round", "torch gloo ms/round", "torch/dmlcli"]
+             f"same model (largest difference {worst:.1e} of the largest weight). Ratios above 1: torch is slower. "
+             "*Arithmetic floor*: `arithmetic_floor.py`, the same rounds' arithmetic on every row in one process with "
+             "no communication, over min(K, cores): no implementation's round can be shorter, so torch/floor is the "
+             "largest torch/dmlcli any implementation could reach on this machine.", ""]
+    header = ["workers", "d", "rows", "rounds", "dmlcli ms/round", "torch gloo ms/round", "torch/dmlcli",
+              "arithmetic floor ms/round", "torch/floor"]
     return intro + table(header, rows)
