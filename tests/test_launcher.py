@@ -203,3 +203,18 @@ def test_srun_tasks_without_pmi_are_refused_in_one_line(capsys, monkeypatch, tmp
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("dmlcli: error: srun started 4 tasks without PMI")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_handler_only_notes_the_signal_and_the_loop_delivers_it(tmp_path, monkeypatch):
+    """The handler must not deliver (nor import) anything: a second signal arriving during the first
+    one's delivery re-entered it and failed on a half-imported module. It queues; _deliver, called by
+    the main loop, sends to rank 0 once it has said where it is."""
+    run = Launch(["true"], {}, str(tmp_path), ranks=1)
+    (tmp_path / "rank-0.pid").write_text("4242")
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, signum: sent.append((pid, signum)))
+    run._receive(signal.SIGTERM, None)
+    run._receive(signal.SIGINT, None)
+    assert sent == [] and run.pending == [signal.SIGTERM, signal.SIGINT]
+    run._deliver()
+    assert sent == [(4242, signal.SIGTERM)] and run.pending == []  # the repeat within HARD_AFTER_S stays here

@@ -171,8 +171,10 @@ class Launch:
                 os.close(handle)
 
     def _receive(self, signum, frame) -> None:
+        # Only noted here; the main loop delivers it within POLL_S. Delivering from the handler
+        # re-entered _deliver when a second signal came during the first one's delivery, and its
+        # import of runtime.context, half done, then failed as a circular import.
         self.pending.append(FORWARDED_SIGNALS[signum])
-        self._deliver()
 
     def _deliver(self) -> None:
         """Hand pending signals to rank 0 once it has said where it is. Repeats within
