@@ -28,7 +28,16 @@ import numpy as np
 
 from dmlcli.data.messages import shown_list
 from dmlcli.data.source import DatasetInfo, DataSource
-from dmlcli.data.textfile import PLAIN_NUMBER, finite_plain_decimals, line_blocks, line_content, parse_number, plain_decimals, row_texts
+from dmlcli.data.textfile import (
+    PLAIN_NUMBER,
+    block_lines,
+    finite_plain_decimals,
+    line_blocks,
+    line_content,
+    parse_number,
+    plain_decimals,
+    row_texts,
+)
 from dmlcli.errors import DataError
 
 LABEL_NAMES = ("label", "y", "target", "class")
@@ -180,16 +189,13 @@ def parse_csv_block_by_line(block: bytes, width: int,
                             where: Callable[[int], str]) -> tuple[np.ndarray, np.ndarray, int]:
     """parse_csv_block for any block, one line at a time through parse_csv_line, which names the first fault."""
     starts, rows = [], []
-    start = end = line = 0
-    while start < len(block):
-        stop = block.find(b"\n", start) + 1 or len(block)
+    end = 0
+    for line, start, stop in block_lines(block):
         numbers = parse_csv_line(block[start:stop], where(line), width)
         if numbers is not None:
             starts.append(start)
             rows.append(numbers)
             end = stop
-        start = stop
-        line += 1
     return np.array(starts, dtype=np.int64), np.array(rows, dtype=np.float64).reshape(-1, width), end
 
 
@@ -234,19 +240,16 @@ class CsvSource(DataSource):
         Returns the bytes of the block that are done with: the blank lines before that line, and the line
         itself when it is a header (a data line is left for the block parser).
         """
-        start, line = 0, first_line
-        while start < len(block):
-            stop = block.find(b"\n", start) + 1 or len(block)
+        for line, start, stop in block_lines(block):
             text = block[start:stop]
             if text.strip():
-                where = f"{self.name}:{line}"
+                where = f"{self.name}:{first_line + line}"
                 fields = line_content(text, where).split(b",")
                 self._width = len(fields)
                 if is_header(fields):
                     self._label_column = label_column(header_names(fields), where)
                     return stop
                 return start
-            start, line = stop, line + 1
         return len(block)
 
     def _read_sorted(self, rows: np.ndarray, width: int) -> np.ndarray:

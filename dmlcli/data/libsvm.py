@@ -47,7 +47,7 @@ import numpy as np
 from dmlcli.data import cache
 from dmlcli.data.messages import shown
 from dmlcli.data.source import DatasetInfo, DataSource
-from dmlcli.data.textfile import PLAIN_NUMBER, line_blocks, line_content, parse_number, plain_decimals, row_texts
+from dmlcli.data.textfile import PLAIN_NUMBER, block_lines, line_blocks, line_content, parse_number, plain_decimals, row_texts
 from dmlcli.errors import DataError
 from dmlcli.sparse import scipy_sparse
 
@@ -244,10 +244,8 @@ def parse_block_by_line(block: bytes, where: Callable[[int], str]) -> ParsedRows
     """parse_block for any block, one line at a time through parse_libsvm_line, which names the first fault."""
     labels, starts, lines, counts = array("d"), array("q"), array("q"), array("q")
     indices, values = array("q"), array("d")
-    start = end = 0
-    line = 0
-    while start < len(block):
-        stop = block.find(b"\n", start) + 1 or len(block)
+    end = 0
+    for line, start, stop in block_lines(block):
         parsed = parse_libsvm_line(block[start:stop], where(line))
         if parsed is not None:
             label, row_indices, row_values = parsed
@@ -258,8 +256,6 @@ def parse_block_by_line(block: bytes, where: Callable[[int], str]) -> ParsedRows
             indices.extend(row_indices)
             values.extend(row_values)
             end = stop
-        start = stop
-        line += 1
     as_numpy = {"d": np.float64, "q": np.int64}
     parts = (labels, starts, lines, counts, indices, values)
     return ParsedRows(*(np.frombuffer(part, dtype=as_numpy[part.typecode]) for part in parts), end)

@@ -201,6 +201,28 @@ class StoredArray:
         return values
 
 
+@contextlib.contextmanager
+def element_reader(path: str, archive: zipfile.ZipFile, member: IO[bytes], header: ArrayHeader, key: str):
+    """fill(first, target): elements first, first + 1, … of array `key`, whose member is open at its first
+    element, into `target` (its size of them, converted to its dtype). A stored member is read with file
+    reads, straight into `target` where the dtypes agree (StoredArray); a compressed one by seeking the
+    member forward."""
+    data_start = member.tell()
+    stored = StoredArray.of(path, archive, member, key)
+    with open(path, "rb", buffering=0) if stored else contextlib.nullcontext() as raw:
+
+        def fill(first: int, target: np.ndarray) -> None:
+            if stored and header.dtype == target.dtype:
+                stored.read_into(raw, path, header, first, target)
+            elif stored:
+                target[...] = stored.read(raw, path, header, first, target.size).reshape(target.shape)
+            else:
+                member.seek(data_start + first * header.dtype.itemsize)
+                target[...] = read_values(member, path, header, target.size).reshape(target.shape)
+
+        yield fill
+
+
 def chunks(member: IO[bytes], path: str, header: ArrayHeader, unit: int,
            stored: StoredArray | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Stream a member as (index of first element, elements), whole multiples of `unit` elements at a time.
@@ -357,23 +379,12 @@ class NpzSource(DataSource):
                 raise DataError(f"{self.name} changed since it was scanned: X has shape {header.shown_shape}, "
                                 f"expected ({info.n}, {info.d}) in C order")
             d = info.d
-            row_bytes = d * header.dtype.itemsize
-            data_start = member.tell()
-            stored = StoredArray.of(self.name, archive, member, "X")
             features = np.empty((rows.size, d), dtype=np.float64)
             position = 0
-            with open(self.name, "rb", buffering=0) if stored else contextlib.nullcontext() as raw:
-                for first, stop in row_runs(rows, max(1, _CHUNK_BYTES // row_bytes)):
-                    count = stop - first
-                    target = features[position:position + count]
-                    if stored and header.dtype == target.dtype:  # straight into the shard
-                        stored.read_into(raw, self.name, header, first * d, target)
-                    elif stored:
-                        target[:] = stored.read(raw, self.name, header, first * d, count * d).reshape(count, d)
-                    else:
-                        member.seek(data_start + first * row_bytes)
-                        target[:] = read_values(member, self.name, header, count * d).reshape(count, d)
-                    position += count
+            with element_reader(self.name, archive, member, header, "X") as fill:
+                for first, stop in row_runs(rows, max(1, _CHUNK_BYTES // (d * header.dtype.itemsize))):
+                    fill(first * d, features[position:position + stop - first])
+                    position += stop - first
         return features
 
     def _read_csr(self, archive: zipfile.ZipFile, rows: np.ndarray, width: int):
@@ -404,19 +415,10 @@ class NpzSource(DataSource):
                 fits = header.dtype.itemsize < 4 or header.dtype == np.dtype(np.int32)
                 dtype = np.int32 if fits and width <= np.iinfo(np.int32).max else np.int64
             out = np.empty(total, dtype=dtype)
-            data_start = member.tell()
-            stored = StoredArray.of(self.name, archive, member, key)
             position = 0
-            with open(self.name, "rb", buffering=0) if stored else contextlib.nullcontext() as raw:
+            with element_reader(self.name, archive, member, header, key) as fill:
                 for first, stop in runs:
                     low, high = int(self._indptr[first]), int(self._indptr[stop])
-                    target = out[position:position + high - low]
-                    if stored and header.dtype == out.dtype:
-                        stored.read_into(raw, self.name, header, low, target)
-                    elif stored:
-                        target[:] = stored.read(raw, self.name, header, low, high - low)
-                    else:
-                        member.seek(data_start + low * header.dtype.itemsize)
-                        target[:] = read_values(member, self.name, header, high - low)
+                    fill(low, out[position:position + high - low])
                     position += high - low
         return out

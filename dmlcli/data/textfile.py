@@ -9,7 +9,6 @@ rather than line by line.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from collections.abc import Iterator
@@ -203,16 +202,21 @@ def line_blocks(path: str, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int
         raise DataError(f"cannot read data file {path}: {error.strerror or error}") from None
 
 
+def block_lines(block: bytes) -> Iterator[tuple[int, int, int]]:
+    """(index of the line from 0, start, stop) of each line of a block: block[start:stop] is the line with
+    its LF (the block's last line may lack one). For the line-by-line paths; the bulk parsers use numpy."""
+    start = index = 0
+    while start < len(block):
+        stop = block.find(b"\n", start) + 1 or len(block)
+        yield index, start, stop
+        start, index = stop, index + 1
+
+
 def _long_lines(block: bytes, first_number: int) -> Iterator[tuple[int, bytes]]:
     """(line number, line) of the lines of a block that are longer than _MAX_LINE_BYTES."""
-    start = 0
-    for number in itertools.count(first_number):
-        stop = block.find(b"\n", start) + 1 or len(block)
+    for index, start, stop in block_lines(block):
         if stop - start > _MAX_LINE_BYTES:
-            yield number, block[start:stop]
-        if stop >= len(block):
-            return
-        start = stop
+            yield first_number + index, block[start:stop]
 
 
 def row_texts(path: str, offsets: np.ndarray, rows: np.ndarray,

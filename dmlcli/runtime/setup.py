@@ -552,35 +552,40 @@ def smoothness(transport, blocks, problem: Problem, max_iterations: int = 200, r
 
     `blocks` are this rank's training matrices (its clients'; none on rank 0). Collective: each
     iteration is one Allreduce of Σ_k X_kᵀX_k q; every rank sees the same iterate, so all stop together.
-    Lanczos (with full reorthogonalisation: a few dozen d-vectors) stops once the largest Ritz value,
-    which rises towards λmax, moves by at most rtol of itself in an iteration, or its residual bounds
-    its error by that. Power iteration, used before with the same test, stopped at its 200 iterations
-    0.6 % short of λmax on Gaussian features; on the standardised 200,000 × 2,000 LIBSVM set of issue 8
-    (top eigenvalues clustered) it took 200 iterations, half of a repeated 4-worker run's 4 s, where
-    Lanczos takes 41 and ends 4e-6 short (2026-11-25, 2-core development machine).
+    Lanczos (the three-term recurrence: three d-vectors, as power iteration held) stops once the
+    largest Ritz value, which rises towards λmax, moves by at most rtol of itself in an iteration, or
+    its residual bounds its error by that. Without reorthogonalisation the basis loses orthogonality
+    only once a Ritz value has converged, which leaves the largest one as it is: reorthogonalising
+    against every earlier direction (j d-vectors kept, and copied each iteration) gave the same value
+    to 1e-15 and the same iteration count on every case of tests/test_smoothness.py and on the LIBSVM
+    set below. Power iteration, used before with the same test, stopped at its 200 iterations 0.6 %
+    short of λmax on Gaussian features; on the standardised 200,000 × 2,000 LIBSVM set of issue 8 (top
+    eigenvalues clustered) it took 200 iterations, half of a repeated 4-worker run's 4 s, where Lanczos
+    takes 41 and ends 4e-6 short (2026-11-25, 2-core development machine).
     """
     d = problem.d
     q = np.random.default_rng(0).standard_normal(d)
-    basis = [q / np.linalg.norm(q)]
+    q /= np.linalg.norm(q)
+    previous_q = np.zeros(d)
     alphas, betas = [], []
-    largest = 0.0
+    largest = beta = 0.0
     for _ in range(min(max_iterations, d)):
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, as bad input
-            u = sum((X.T @ (X @ basis[-1]) for X in blocks), np.zeros(d))
+            u = sum((X.T @ (X @ q) for X in blocks), np.zeros(d))
         transport.allreduce(u)
         if not np.isfinite(u).all():  # features too large to square: reported as bad input by auto_step
             return float("inf")
-        alphas.append(float(basis[-1] @ u))
-        Q = np.array(basis)
-        u -= Q.T @ (Q @ u)  # against every earlier direction, twice: rounding keeps them orthogonal
-        u -= Q.T @ (Q @ u)
+        alpha = float(q @ u)
+        alphas.append(alpha)
+        u -= alpha * q
+        u -= beta * previous_q
         beta = float(np.linalg.norm(u))
         values, vectors = _tridiagonal_eigh(np.array(alphas), np.array(betas))
         previous, largest = largest, float(values[-1])
         if largest <= 0.0 or min(largest - previous, beta * abs(vectors[-1, -1])) <= rtol * largest:
             break
         betas.append(beta)
-        basis.append(u / beta)
+        previous_q, q = q, u / beta
     return problem.loss.curvature * max(largest, 0.0) / problem.n + problem.reg.l2
 
 
