@@ -313,3 +313,24 @@ def test_a_worker_holds_its_sparse_shard_once(tmp_path, cache_dir, monkeypatch):
     held = sum(part.data.nbytes + part.indices.nbytes + part.indptr.nbytes for part in [*(s.X for s in shards), test[0]])
     assert shards[0].X.shape[1] == plan.d_model and test[0].shape[1] == plan.d_model
     assert peak <= 1.5 * held, (peak, held)
+
+
+@pytest.mark.parametrize("row", [None, 0, 7, 19])
+def test_the_crc_runs_beside_the_reads_over_many_chunks(tmp_path, monkeypatch, row):
+    """Chunks alternate between two buffers while another thread takes each one's CRC-32: a clean archive
+    must still pass (no buffer refilled before its CRC was taken), and a bit flipped in the first, a
+    middle or the last chunk must fail."""
+    monkeypatch.setattr(npzfile, "_CHUNK_BYTES", 3 * 4 * 8)  # three rows of four float64 a chunk: seven chunks
+    features = np.arange(80.0).reshape(20, 4) + 0.5
+    path = tmp_path / "chunks.npz"
+    np.savez(path, X=features, y=np.zeros(20))
+    if row is not None:
+        data = bytearray(path.read_bytes())
+        data[data.find(features[row].tobytes())] ^= 1  # the lowest mantissa bit: the value stays finite
+        path.write_bytes(data)
+        with pytest.raises(DataError, match=r"Bad CRC-32 for file 'X\.npy'"):
+            open_source(str(path)).scan()
+    else:
+        source = open_source(str(path))
+        assert source.scan().n == 20
+        np.testing.assert_array_equal(source.rows(np.arange(20)), features)

@@ -9,16 +9,15 @@ the Allreduce with zeros), as a user of each would run them. The data are a dens
 here (x ~ N(0, I), labels the sign of a random linear model plus noise), because dmlcli's `synthetic:`
 data draw 1,024-row blocks whatever n is (10⁹ numbers a rank at d = 10⁶); both sides read only their rows of
 it. Rows are chosen so that each run trains for a few seconds and d = 10⁶ stays small (32 rows, 256 MB).
-Beside each pair, the arithmetic floor (arithmetic_floor.py): the rounds' arithmetic alone, on every
-row in one process, spread over the cores, which bounds how much faster than torch any implementation
-of this loop could be where the arithmetic, not the communication, fills a round.
+Beside each pair, the arithmetic floor (arithmetic_floor.py): the rounds' arithmetic alone, in K
+processes on their shards exchanging nothing, which bounds how much faster than torch any implementation
+of this loop with K worker processes could be where the arithmetic, not the communication, fills a round.
 torch is an optional extra (`pip install -e '.[bench]'`); without it the section says so and is skipped.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from functools import partial
 
@@ -65,11 +64,11 @@ def _torch_round_s(bench: Bench, workers: int, data: str, rounds: int, model: st
 
 
 def _arithmetic_floor_s(bench: Bench, workers: int, data: str, rounds: int) -> float:
-    """The least a round can take with `workers` workers on this machine's cores: one process's
-    time for the whole set's arithmetic (arithmetic_floor.py), spread evenly over the cores in use."""
-    output = bench.run([sys.executable, bench.script("arithmetic_floor.py"), "--data", data, "--rounds", str(rounds),
-                        "--lr", str(LR), "--lam", str(LAM)])
-    return float(output.strip().splitlines()[-1]) / min(workers, os.cpu_count() or 1)
+    """The least a round can take with `workers` worker processes on this machine: the same processes doing
+    their shards' arithmetic side by side with no messages (arithmetic_floor.py)."""
+    output = bench.run([*bench.mpiexec(workers), sys.executable, bench.script("arithmetic_floor.py"), "--data", data,
+                        "--rounds", str(rounds), "--lr", str(LR), "--lam", str(LAM)])
+    return float(output.strip().splitlines()[-1])
 
 
 def _relative_difference(path_a: str, path_b: str) -> float:
@@ -110,9 +109,11 @@ def run(bench: Bench) -> list[str]:
              "time (`wall_s` of its last CSV row, evaluation excluded) over its rounds; torch's loop time on process 0 "
              f"after a barrier, over its rounds. Medians of {bench.repeats} interleaved runs. Each pair ended on the "
              f"same model (largest difference {worst:.1e} of the largest weight). Ratios above 1: torch is slower. "
-             "*Arithmetic floor*: `arithmetic_floor.py`, the same rounds' arithmetic on every row in one process with "
-             "no communication, over min(K, cores): no implementation's round can be shorter, so torch/floor is the "
-             "largest torch/dmlcli any implementation could reach on this machine.", ""]
+             "*Arithmetic floor*: `mpiexec -n K arithmetic_floor.py`, the same rounds' arithmetic in K processes, each "
+             "on its shard, side by side and exchanging nothing (timed from a barrier to a barrier): no implementation "
+             "with K worker processes has a shorter round, so torch/floor is the largest torch/dmlcli any could reach "
+             "on this machine. (Until 2026-11-25 the floor was one process's time for every row over min(K, cores), "
+             "which assumed the cores share the arithmetic perfectly; they share the memory bandwidth too.)", ""]
     header = ["workers", "d", "rows", "rounds", "dmlcli ms/round", "torch gloo ms/round", "torch/dmlcli",
               "arithmetic floor ms/round", "torch/floor"]
     return intro + table(header, rows)
