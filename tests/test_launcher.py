@@ -181,6 +181,21 @@ def test_the_relay_keeps_mpiexecs_exit_codes_and_banner_out_wherever_a_read_cuts
     assert launch._describe_bad_end(9) == "rank 1 ended abnormally (killed by SIGKILL); every rank was stopped"
 
 
+@pytest.mark.parametrize("first, codes, named", [
+    (0, "0,9,0", 1),  # the watcher woke after mpiexec's clean-up had ended rank 0: its exit code 0 clears it
+    (None, "0,9,9", 1),  # no watcher (no pidfd): of the two killed, the banner's PID
+    (1, "0,9,9", 1),  # the watcher saw the killed rank first
+    (2, "0,0,11", 2),  # the first to end failed: it is named whatever the banner says
+])
+def test_the_rank_named_is_the_first_to_end_unless_it_ended_cleanly(capsys, monkeypatch, first, codes, named):
+    output = BANNER + f"[mpiexec@vm] Exit codes: [vm] {codes}\n".encode()
+    _, launch = relayed([output], capsys)
+    monkeypatch.setattr(launch, "_pids", lambda: {0: 4240, 1: 4242, 2: 4244})  # the banner's PID 4242 is rank 1
+    launch.first_to_end = first
+    rank, code = launch._failed_rank()
+    assert (rank, code) == (named, [int(c) for c in codes.split(",")][named])
+
+
 def test_the_relay_passes_other_output_through_unchanged(capsys):
     output = b"a progress bar\r[redrawn] ====== not a banner ======\nsummary\n[mpiexec@vm] Exit codes: [vm] 0,0\n"
     text, launch = relayed([output[:17], output[17:40], output[40:]], capsys)

@@ -268,21 +268,30 @@ class Launch:
         return bool(self.exit_codes) and self.exit_codes[0] in (signum, 128 + signum)
 
     def _failed_rank(self) -> tuple[int | None, int | None]:
-        """(rank, exit code) of the rank that ended badly: the first to end, else from the per-rank
-        exit codes, else from the banner's PID; None where nothing tells."""
+        """(rank, exit code) of the rank that ended badly: the first to end, unless it ended cleanly while
+        another did not; else the banner's PID if that rank failed; else from the per-rank exit codes; None
+        where nothing tells. The exception is seen under load: with a rank SIGKILLed, the others sometimes
+        ended (exit code 0, mpiexec's clean-up) before this process woke to see the killed one's end
+        (3 of 8 runs with two CPU hogs, 2026-11-25); the banner named the killed rank in all 8."""
         banner_codes = [int(found) for found in BANNER_EXIT_CODE.findall(self.banner)]
         code = banner_codes[0] if banner_codes else None
-        if self.first_to_end is not None:
-            rank = self.first_to_end
-            return rank, self.exit_codes[rank] if rank < len(self.exit_codes) else code
+
+        def code_of(rank: int) -> int | None:
+            return self.exit_codes[rank] if rank < len(self.exit_codes) else code
+
+        first = self.first_to_end
+        if first is not None and code_of(first) != 0:
+            return first, code_of(first)
         failed = [rank for rank, rank_code in enumerate(self.exit_codes) if rank_code]
+        pid_match = BANNER_PID.search(self.banner)
+        banner_rank = {pid: rank for rank, pid in self._pids().items()}.get(int(pid_match[1])) if pid_match else None
+        if banner_rank is not None and (banner_rank in failed or not self.exit_codes):
+            return banner_rank, code_of(banner_rank)
         if code in self.exit_codes:
             return self.exit_codes.index(code), code
         if failed:
             return failed[0], self.exit_codes[failed[0]]
-        pid_match = BANNER_PID.search(self.banner)
-        ranks = {pid: rank for rank, pid in self._pids().items()}
-        return (ranks.get(int(pid_match[1])) if pid_match else None), code
+        return (first, code_of(first)) if first is not None else (banner_rank, code)
 
     def _describe_bad_end(self, code: int) -> str:
         rank, rank_code = self._failed_rank()
