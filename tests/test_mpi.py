@@ -276,10 +276,10 @@ WAIT_POLICY = """
 import numpy as np
 from mpi4py import MPI
 from dmlcli.comm import mpi
-yields = []
+waits = []
 
-def poll_until(test, yield_s=0.0, timeout=None):  # records how long the wait would yield, then says done
-    yields.append(yield_s)
+def poll_until(test, yield_s=0.0, timeout=None, spin=False):  # records how the wait would poll, then says done
+    waits.append(f"{yield_s}:{spin}")
     return (0,)
 
 mpi.poll_until = poll_until
@@ -291,14 +291,27 @@ for cores in (64, 0):  # a core for each rank, then ranks outnumbering cores
         request = transport.irecv(np.empty(1), 0, tag=7)  # nothing is sent: the wait has to poll
         wait(request)
         request.Cancel()
-print(*yields)
+    transport.barrier()
+print(*waits)
 """
 
 
 def test_the_server_yields_while_it_waits_for_payloads_and_workers_sleep_when_ranks_outnumber_cores():
     """comm.polling's choice: a single wait (a worker's for its reply) yields first only where every rank
-    has a core; waitany (the server's for any payload) always does."""
+    has a core; waitany (the server's for any payload) and collectives always do; and where every rank
+    has a core, that first part spins instead of yielding."""
     done = subprocess.run([str(BIN / "python"), "-c", WAIT_POLICY], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     from dmlcli.comm.polling import YIELD_S
-    assert [float(value) for value in done.stdout.split()] == [YIELD_S, YIELD_S, 0.0, YIELD_S]
+    assert done.stdout.split() == [f"{YIELD_S}:True"] * 3 + ["0.0:False", f"{YIELD_S}:False", f"{YIELD_S}:False"]
+
+
+@pytest.mark.parametrize("spin", [False, True])
+def test_a_wait_that_spins_makes_no_system_call_until_it_sleeps(monkeypatch, spin):
+    from dmlcli.comm import polling
+
+    yields = []
+    monkeypatch.setattr(polling.os, "sched_yield", lambda: yields.append(1))
+    tests = iter([False] * 5 + [True])
+    assert polling.poll_until(lambda: next(tests), yield_s=10.0, spin=spin)
+    assert len(yields) == (0 if spin else 5)

@@ -34,10 +34,11 @@ class MPITransport:
         # this node has a core; one waiting for any of several (the parameter server) always does (comm.polling).
         self.oversubscribed = self.node.Get_size() > usable_cores()
         self.p2p_yield_s = 0.0 if self.oversubscribed else YIELD_S
+        self.spins = not self.oversubscribed  # with a core each, the first YIELD_S of a wait spins (comm.polling)
 
     def _until(self, test, yield_s: float = 0.0, timeout: float | None = None):
         """Poll test() to completion, giving up after `timeout` (default: the stall timeout)."""
-        return poll_until(test, yield_s, self.stall_timeout if timeout is None else timeout)
+        return poll_until(test, yield_s, self.stall_timeout if timeout is None else timeout, self.spins)
 
     # collectives
     def allreduce(self, buf: np.ndarray, op: str = "sum") -> None:
