@@ -13,6 +13,7 @@ from dmlcli.algorithms import REGISTRY, Settings
 from dmlcli.errors import UsageError
 from dmlcli.problems import Shard
 from dmlcli.report import read_csv
+from dmlcli.runtime import gossip
 from dmlcli.runtime.gossip import TOPOLOGIES, RandomPairs, make_topology, torus_shape
 from dmlcli.runtime.local_run import run_local
 from dmlcli.runtime.setup import centralised_problem, plan_run
@@ -202,10 +203,12 @@ def test_bytes_and_messages_count_neighbour_messages_flags_and_averages(config):
     rows = read_csv(run.out)
     d, ranks = 31, 5  # 30 features and the intercept
     evaluation = 2 * 8 * (d + 1) * ranks
-    per_round = 8 * 8 * d + 8 * ranks  # a ring of 4: 8 messages of d floats, and the stop flag
-    assert [row["bytes_sent"] for row in rows] == [evaluation, 2 * evaluation + 5 * per_round,
-                                                   3 * evaluation + 10 * per_round]
-    assert rows[-1]["messages"] == 3 * 2 * ranks + 10 * (8 + ranks)
+    # A ring of 4: 8 messages of d floats a round; the stop flag in rounds 5 and 10 (evaluations) and 8 (FLAG_EVERY).
+    per_round, flag = 8 * 8 * d, 8 * ranks
+    assert gossip.FLAG_EVERY == 8
+    assert [row["bytes_sent"] for row in rows] == [evaluation, 2 * evaluation + 5 * per_round + flag,
+                                                   3 * evaluation + 10 * per_round + 3 * flag]
+    assert rows[-1]["messages"] == 3 * 2 * ranks + 10 * 8 + 3 * ranks
 
 
 def test_same_seed_same_csv(config):
@@ -220,6 +223,7 @@ def test_time_limit_stops_a_run(config):
     assert run_local(run, workers=3) == 0
     rows = read_csv(run.out)
     assert 0 < rows[-1]["round"] < 10_000_000 and rows[-1]["wall_s"] >= 0.5
+    assert rows[-1]["round"] % gossip.FLAG_EVERY == 0  # the stop flag goes round every FLAG_EVERY rounds
 
 
 def test_divergence_exits_3(config):

@@ -103,7 +103,7 @@ class LocalTransport:
     def allreduce(self, buf: np.ndarray, op: str = "sum") -> None:
         buf[...] = REDUCTIONS[op](self._meet(buf.copy()), axis=0)
 
-    def complete(self, request) -> None:
+    def complete(self, request, patient: bool = False) -> None:
         pass
 
     def allreduce_init(self, buf: np.ndarray, op: str = "sum") -> _Reduction:

@@ -46,9 +46,10 @@ class MPITransport:
         request = self.comm.Iallreduce(MPI.IN_PLACE, buf, op=REDUCTIONS[op])
         self._until(request.Test, YIELD_S)
 
-    def complete(self, request) -> None:
-        """Wait for a started collective, yielding as the blocking ones do."""
-        self._until(request.Test, YIELD_S)
+    def complete(self, request, patient: bool = False) -> None:
+        """Wait for a started collective, yielding as the blocking ones do; a `patient` wait, which
+        nobody waits on in turn, sleeps from the start and leaves the cores to the ranks computing."""
+        self._until(request.Test, 0.0 if patient else YIELD_S)
 
     def allreduce_init(self, buf: np.ndarray, op: str = "sum") -> PersistentAllreduce:
         """Collective: a reduction of buf in place, set up once and started each round (see PersistentAllreduce)."""

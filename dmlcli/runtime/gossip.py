@@ -8,10 +8,12 @@ coordinator that owns the stop flag and writes the CSV.
 A round, on worker k: the algorithm's `local` step on its shard gives the message m_k (dpsgd: its
 model x_k); the worker swaps messages with its neighbours of this round (`neighbour_exchange`:
 point-to-point Isend/Irecv, one message each way per edge) and runs `mix` with
-Σ_j W_kj m_j = W_kk m_k + Σ_{j ∈ N(k)} W_kj m_j. One 1-float Iallreduce per round, started before
-the local step and completed after the mixing, carries rank 0's stop flag (time limit, signals),
-so every rank leaves after the same round (with --on-failure continue it also carries the
-failures and is completed before the exchange: see Failures).
+Σ_j W_kj m_j = W_kk m_k + Σ_{j ∈ N(k)} W_kj m_j. Every FLAG_EVERY-th round a 1-float Iallreduce,
+started before the local step and completed after the mixing, carries rank 0's stop flag (time
+limit, signals), so every rank leaves after the same round: a stop ends the run at the next such
+round. Evaluation rounds are flag rounds too, so rank 0's clock for the CSV row waits for the
+workers. With --on-failure continue it goes every round, also carries the failures and is completed
+before the exchange (see Failures).
 
 Evaluation (round 0, every --eval-every rounds, the last round): one Allreduce of the models gives
 the mean x̄ = Σ_k x_k / K on every rank, a second the consensus distance mean_k ‖x_k − x̄‖²; the CSV
@@ -29,7 +31,7 @@ W_kj = 1 / (1 + max(deg k, deg j)) on edges and W_kk = 1 − Σ_j W_kj (Xiao & B
   (seed, round) on every rank without a message; a pair averages (W = ½, ½), the odd one out
   (odd K) keeps its model for the round.
 
-Counters: bytes_sent counts 8·d per neighbour message, the stop flags (8 bytes per rank per round)
+Counters: bytes_sent counts 8·d per neighbour message, the stop flags (8 bytes per rank per flag round)
 and the two evaluation reductions (8·(d + 1) per rank; with continue 8·(1 + K) and 8·(d + K)); as
 in the other loops, the evaluator's own loss sums are not counted. The time of the evaluation reductions is evaluation time.
 
@@ -80,6 +82,14 @@ from dmlcli.runtime.context import Stopwatch
 from dmlcli.runtime.evaluate import Counters, is_finite
 from dmlcli.runtime.failures import report_failure
 
+# Rounds from one stop flag to the next without --on-failure continue (with it, the flag goes every round:
+# it carries the failures). A stop asked for by rank 0 (time limit, signal) ends the run at the next flag
+# round. Every round's flag made each round wait for the coordinator, which has no other part in it:
+# dpsgd on a ring, d = 100, mini-batches of 64, 2,000 rounds, medians of 3 interleaved runs (2026-11-25,
+# 2-core development machine): 0.104 ms a round with 2 workers and 0.371 with 4 (3 and 5 ranks) with a flag
+# every round, 0.056 and 0.271 every 8 rounds; bare mpi4py without a flag (tests/bench/bare_dpsgd.py) 0.029
+# and 0.179. In an earlier comparison a flag every 4 rounds took 0.079 and 0.249, every 8 0.058 and 0.220.
+FLAG_EVERY = 8
 PAIRS_STREAM = 12  # seeds the random pairs of each round (setup's sampler stream is 10, sync's clients 11)
 
 
@@ -272,7 +282,8 @@ def run_gossip(ctx, algorithm) -> tuple[np.ndarray, str]:
     going_on = config.on_failure == "continue" and algorithm.message_size == d
     received = [np.empty(algorithm.message_size) for _ in range(topology.max_degree)]
     flag = np.zeros(1 + nodes if going_on else 1)  # [stop, f_1 … f_K with continue]
-    flag_reduction = transport.allreduce_init(flag)  # set up once, started every round
+    flag_reduction = transport.allreduce_init(flag)  # set up once, started every flag round
+    every = 1 if going_on else FLAG_EVERY  # the rounds between flag rounds: with continue it carries the failures
     failed_at = np.zeros(nodes)  # the round each node failed in (0: alive), as every rank knows it
     failed_in = 0  # the round this worker failed in (it knows at once, the others from the next reduction)
     alive = nodes  # nodes taking part: the divisor of x̄ and the consensus distance
@@ -350,11 +361,14 @@ def run_gossip(ctx, algorithm) -> tuple[np.ndarray, str]:
         taking_part = node >= 0 and not failed_in
         if node < 0 or not going_on:  # with continue a worker checks inside its step, below: a crash is a failed step
             ctx.check_crash(round_)
-        flag[:] = 0.0
-        flag[0] = float(ctx.rank == 0 and ctx.should_stop(watch))
-        if going_on and node >= 0:
-            flag[1 + node] = failed_in  # the others' slots are 0 here: the sum is every node's failure round
-        request = flag_reduction.start()
+        # Also every evaluation round: rank 0 then waits for the workers to reach it before it reads its clock.
+        flag_round = round_ % every == 0 or round_ % config.evaluation_interval == 0 or round_ == config.rounds
+        if flag_round:
+            flag[:] = 0.0
+            flag[0] = float(ctx.rank == 0 and ctx.should_stop(watch))
+            if going_on and node >= 0:
+                flag[1 + node] = failed_in  # the others' slots are 0 here: the sum is every node's failure round
+            request = flag_reduction.start()
         if taking_part:
             started = time.perf_counter() if me is not None else 0.0
             if going_on:
@@ -400,15 +414,15 @@ def run_gossip(ctx, algorithm) -> tuple[np.ndarray, str]:
                         failed_in = round_
                 else:
                     state = algorithm.mix(stepped, mixed)
-        if not going_on:
-            transport.complete(request)
+        if flag_round and not going_on:
+            transport.complete(request, patient=ctx.rank == 0)
         sent = topology.messages(round_)
         counters.round = round_
         counters.updates += alive * algorithm.local_steps
         counters.samples += samples_per_round
-        counters.bytes_sent += sent * message_bytes + flag.nbytes * transport.size
-        counters.messages += sent + transport.size
-        stop = bool(flag[0] > 0) or round_ == config.rounds
+        counters.bytes_sent += sent * message_bytes + (flag.nbytes * transport.size if flag_round else 0)
+        counters.messages += sent + (transport.size if flag_round else 0)
+        stop = (flag_round and bool(flag[0] > 0)) or round_ == config.rounds
         ended = ctx.close_round(counters, stop, evaluate)
         if not alive:
             return finish("failed")

@@ -1,9 +1,9 @@
 """Section 1 of `make bench`: per-round time of the synchronous algorithms against bare mpi4py loops.
 
-For ssgd (--batch-size all), ma, admm and giant, at 2, 4 and 8 workers, d = 100, 10,000 and 1,000,000,
-dense and sparse, `dmlcli train ALGO` runs beside a bare script (bare_ssgd.py, bare_ma.py, bare_admm.py,
-bare_giant.py) doing the same arithmetic each round and nothing else, under the same mpiexec on the
-same rows; the table says what each figure is.
+For ssgd (--batch-size all), ma, admm, giant and dpsgd (the gossip loop), at 2, 4 and 8 workers, d = 100,
+10,000 and 1,000,000, dense and sparse, `dmlcli train ALGO` runs beside a bare script (bare_ssgd.py,
+bare_ma.py, bare_admm.py, bare_giant.py, bare_dpsgd.py) doing the same arithmetic each round and nothing
+else, under the same mpiexec on the same rows; the table says what each figure is.
 
 Rounds are set by dmlcli itself: the first run of a cell stops at a time limit, and every other run of
 the cell, dmlcli's and the bare script's, takes that many rounds. A fixed table of rounds would be wrong on
@@ -36,6 +36,7 @@ ALGORITHMS = {
            ["--batch-size", "64", "--local-steps", "5", "--lr", "0.1"]),
     "admm": (["--batch-size", "all"], "bare_admm.py", []),
     "giant": (["--batch-size", "all"], "bare_giant.py", []),
+    "dpsgd": (["--batch-size", "64", "--lr", "0.1"], "bare_dpsgd.py", ["--batch-size", "64", "--lr", "0.1"]),
 }
 COMMON = ["--test-fraction", "0", "--partition", "contiguous", "--no-standardize", "--lam", LAM,
           "--progress", "off"]
@@ -68,7 +69,7 @@ DATA = [
     DataCase(1_000_000, "sparse", 4000, "synthetic:n=4000,d=1000000,sparse=1,density=0.0001,seed=1"),
 ]
 WORKERS = (2, 4, 8)
-QUICK_CELLS = [("ssgd", 2, DATA[0]), ("ma", 2, DATA[0]), ("admm", 2, DATA[0]), ("giant", 2, DATA[0]),
+QUICK_CELLS = [("ssgd", 2, DATA[0]), ("ma", 2, DATA[0]), ("admm", 2, DATA[0]), ("giant", 2, DATA[0]), ("dpsgd", 2, DATA[0]),
                ("ssgd", 2, DATA[1])]
 
 
@@ -126,12 +127,14 @@ def run(bench) -> list[str]:
     runs = len(cells) * 2 * bench.repeats
     return [
         f"Per-round time of `dmlcli train ALGO` against a bare mpi4py script doing the same arithmetic "
-        f"(tests/bench/bare_ssgd.py, bare_ma.py, bare_admm.py, bare_giant.py), both under `mpiexec -n K+1` "
-        f"with rank 0 adding zeros to every Allreduce, on the same data: logistic loss, l2 λ = {LAM}, "
+        f"(tests/bench/bare_ssgd.py, bare_ma.py, bare_admm.py, bare_giant.py, bare_dpsgd.py), both under "
+        f"`mpiexec -n K+1` with rank 0 adding zeros to every Allreduce, on the same data: logistic loss, l2 λ = {LAM}, "
         f"`--partition contiguous --test-fraction 0 --no-standardize`, intercept appended. ssgd: `--batch-size "
         f"all --lr 0.1`; ma: `--local-steps 5 --batch-size 64 --lr 0.1` (mini-batches drawn from the same seeded "
         f"stream as dmlcli's); admm: ρ = 0.1, inexact Newton-CG local solves (at most 20 Newton steps of at most "
-        f"50 CG steps); giant: at most 50 CG steps, 10 line-search candidates. dmlcli ms/round is the CSV's "
+        f"50 CG steps); giant: at most 50 CG steps, 10 line-search candidates; dpsgd: a ring, `--batch-size 64 "
+        f"--lr 0.1` (the bare loop has no Allreduce in its rounds: rank 0 waits for the end, and there is no stop "
+        f"flag; dmlcli's goes round every 8th round). dmlcli ms/round is the CSV's "
         f"wall_s (evaluation excluded) over its rounds; bare ms/round is the script's clock from a barrier. "
         f"A cell's rounds are what dmlcli ran in {time_limit:g} s of training in its first run (`--time-limit`); "
         f"every other run of the cell takes that many. Medians of {bench.repeats} interleaved repeats "
