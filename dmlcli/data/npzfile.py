@@ -235,7 +235,7 @@ def chunks(member: IO[bytes], path: str, header: ArrayHeader, unit: int,
     array as zipfile checks it at the end of the member (when the array ends it). Each chunk's CRC runs in
     a second thread while the caller checks the chunk and the next one is read: zlib, numpy and file reads
     all release the GIL. The scan of the 80 MB dense NPZ of issue 8 (read 16 ms, CRC-32 19 ms, finite
-    check 2.5 ms on their own) took 36 ms in one thread and takes 24 ms so (2-core development machine,
+    check 2.5 ms on their own) took 36 ms in one thread and takes 27 ms so (2-core development machine,
     best of 5, 2026-11-25)."""
     per_chunk = unit * max(1, _CHUNK_BYTES // (unit * header.dtype.itemsize))
     if stored is None:

@@ -350,7 +350,7 @@ def run_gossip(ctx, algorithm) -> tuple[np.ndarray, str]:
         return is_finite(metrics)
 
     def finish(status: str) -> tuple[np.ndarray, str]:
-        flag_reduction.free()  # every round completed its flag's reduction before it could end
+        flag_reduction.free()  # a flag round completes its reduction, and a run ends only on one
         if ctx.rank == 0:  # each node's rounds taken part: a failed one completed the steps before its failure
             ctx.worker_steps = [int(at) - 1 if at else counters.round for at in failed_at]
         return mean, status

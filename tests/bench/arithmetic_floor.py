@@ -19,14 +19,8 @@ import argparse
 import time
 
 import numpy as np
-from bare_data import load, logistic_dz
+from bare_data import load, logistic_dz, sleeping_barrier
 from mpi4py import MPI
-
-
-def sleeping_barrier(comm) -> None:
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(1e-4)
 
 
 def main():

@@ -8,6 +8,8 @@ Written directly on NumPy (and scipy.sparse for CSR data) from the algorithms' f
 dmlcli's algorithm code: an overhead in dmlcli's own arithmetic then shows in the ratio.
 """
 
+import time
+
 import numpy as np
 
 from dmlcli.data import open_source, partition
@@ -98,3 +100,11 @@ def finish(comm, elapsed: float, rounds: int, w: np.ndarray, save_model: str | N
         if save_model:
             np.save(save_model, w)
         print(f"{elapsed / rounds:.9f}")
+
+
+def sleeping_barrier(comm, pause_s: float = 1e-4) -> None:
+    """A barrier polled with sleeps of pause_s, so a process that is done leaves the cores to the rest
+    (MPI's blocking barrier spins)."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(pause_s)

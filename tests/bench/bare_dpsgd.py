@@ -13,7 +13,7 @@ import argparse
 import time
 
 import numpy as np
-from bare_data import ShardBatches, finish, load, logistic_dz
+from bare_data import ShardBatches, finish, load, logistic_dz, sleeping_barrier
 from mpi4py import MPI
 
 
@@ -57,9 +57,7 @@ def main():
             for weight, other in zip(weights, received):
                 mixed += weight * other
             x = (mixed - eta * g) / shrink
-    done = comm.Ibarrier()  # rank 0 sleeps here: it has no part in the rounds
-    while not done.Test():
-        time.sleep(1e-4 if rank == 0 else 0.0)
+    sleeping_barrier(comm, 1e-4 if rank == 0 else 0.0)  # rank 0 sleeps here: it has no part in the rounds
     elapsed = time.perf_counter() - start
     total = x if rank > 0 else np.zeros(d)
     comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
